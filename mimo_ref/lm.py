@@ -1,0 +1,389 @@
+"""The MiMo-Audio language model: input embedding, Qwen2 backbone, heads and the patch decoder.
+
+Official: ``src/mimo_audio/modeling_mimo_audio.py`` (``MiMoAudioForCausalLM``) on top of transformers' Qwen2.
+
+Data layout. ``input_ids`` is ``[B, C+1, T*G]``: row 0 holds text ids, rows 1..C the speech ids of each audio
+channel; every G consecutive columns form one *group*, which is one backbone position. Only column 0 of a group's
+text row is read. A group whose text id is ``<|empty|>`` is a *speech group*.
+
+Flow of one forward (shapes for B sequences of T groups):
+
+    input_ids [B, C+1, T*G]
+      -> speech_embeddings_sum   [B, T, G, Di]   per-channel lookups summed in a bfloat16 buffer
+      -> patch_encoder           [B, T, G, Di]   bidirectional Qwen2 stack over the G frames of each group
+      -> speech_group_downcast   [B, T, D]       G*Di -> D
+      +  text embedding          [B, T, D]       zero for <|empty|> groups
+      -> backbone (Qwen2)        [B, T, D]       causal, KV cache
+      -> lm_head (last position) [B, V]          text logits
+      -> hidden_states_downcast  [B, Dl]         input of the patch decoder
+      -> patch_decoder           [B, G, C]       speech tokens of the next group, delay pattern
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from mimo_ref import layers
+from mimo_ref.checkpoint import load_params, resolve_checkpoint, resolve_dtype
+from mimo_ref.config import LMConfig, QwenStackConfig, SpecialTokens, load_lm_config, load_special_tokens
+
+Params = dict
+KVCache = list  # one {"k": [B, S, K, H], "v": [B, S, K, H]} dict per layer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Weight spec and loading
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def qwen_stack_shapes(prefix: str, cfg: QwenStackConfig, *, embed_vocab: int | None) -> dict[str, tuple[int, ...]]:
+    """Tensor names/shapes of one transformers ``Qwen2Model`` (q/k/v bias, no o_proj bias, final norm)."""
+    d, n, k, h, f = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.intermediate_size
+    shapes: dict[str, tuple[int, ...]] = {f"{prefix}.norm.weight": (d,)}
+    if embed_vocab is not None:
+        shapes[f"{prefix}.embed_tokens.weight"] = (embed_vocab, d)
+    for i in range(cfg.num_layers):
+        p = f"{prefix}.layers.{i}"
+        shapes |= {
+            f"{p}.input_layernorm.weight": (d,),
+            f"{p}.post_attention_layernorm.weight": (d,),
+            f"{p}.self_attn.q_proj.weight": (n * h, d),
+            f"{p}.self_attn.q_proj.bias": (n * h,),
+            f"{p}.self_attn.k_proj.weight": (k * h, d),
+            f"{p}.self_attn.k_proj.bias": (k * h,),
+            f"{p}.self_attn.v_proj.weight": (k * h, d),
+            f"{p}.self_attn.v_proj.bias": (k * h,),
+            f"{p}.self_attn.o_proj.weight": (d, n * h),
+            f"{p}.mlp.gate_proj.weight": (f, d),
+            f"{p}.mlp.up_proj.weight": (f, d),
+            f"{p}.mlp.down_proj.weight": (d, f),
+        }
+    return shapes
+
+
+def param_shapes(cfg: LMConfig) -> dict[str, tuple[int, ...]]:
+    """The executable weight spec: every tensor name of a MiMo-Audio LM checkpoint and its shape."""
+    d, dl, di, g = cfg.hidden_size, cfg.local_dim, cfg.input_local_dim, cfg.group_size
+    shapes = qwen_stack_shapes("model", cfg.backbone, embed_vocab=cfg.vocab_size)
+    # the two local stacks have their embed_tokens deleted by the official constructor
+    shapes |= qwen_stack_shapes("local_transformer", cfg.local, embed_vocab=None)
+    shapes |= qwen_stack_shapes("input_local_transformer", cfg.input_local, embed_vocab=None)
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (cfg.vocab_size, d)
+    for c, vocab in enumerate(cfg.speech_vocab_sizes):
+        shapes[f"local_transformer_lm_heads.{c}.weight"] = (vocab, dl)
+        shapes[f"speech_embeddings.{c}.weight"] = (vocab, di)
+    if di != dl:
+        shapes["speech_embeddings_to_local.weight"] = (dl, di)
+    shapes["speech_group_downcast.weight"] = (d, di * g)
+    shapes["hidden_states_downcast.weight"] = (dl, d)
+    return shapes
+
+
+def load_lm(path_or_repo_id: str | Path, dtype="float32") -> tuple[Params, LMConfig, SpecialTokens]:
+    """Load a MiMo-Audio LM checkpoint (folder or HF repo id): ``(params, cfg, special_tokens)``.
+
+    Every tensor is checked against :func:`param_shapes`; missing/unexpected/wrong-shaped tensors raise
+    ``CheckpointError`` naming them. ``dtype``: ``"float32"`` (default), ``"bfloat16"``, or ``"float64"``
+    (needs ``jax.config.update("jax_enable_x64", True)``).
+    """
+    dtype = resolve_dtype(dtype)
+    folder = resolve_checkpoint(path_or_repo_id, what="LM checkpoint")
+    cfg = load_lm_config(folder)
+    special = load_special_tokens(folder)
+    params = load_params(folder, param_shapes(cfg), dtype)
+    if cfg.tie_word_embeddings:
+        params["lm_head"] = {"weight": params["model"]["embed_tokens"]["weight"]}
+    return params, cfg, special
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Qwen2 stack (backbone, patch encoder and patch decoder share it)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def qwen_attention(
+    params: Params,
+    x: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+    mask: jax.Array,
+    *,
+    cfg: QwenStackConfig,
+    cache: dict | None = None,
+    write_pos: jax.Array | int = 0,
+) -> tuple[jax.Array, dict | None]:
+    """Qwen2 self-attention. x ``[B, T, D]``, cos/sin ``[B, T, H]``, mask ``[B, T, S]`` -> ``[B, T, D]``.
+
+    Without a cache, S = T (keys are this call's positions). With a cache ``{"k", "v": [B, S, K, H]}``, this call's
+    keys/values are written at slots ``write_pos..write_pos+T-1`` first and attention runs over all S slots.
+    """
+    b, t, _ = x.shape
+    q = layers.linear(params["q_proj"], x).reshape(b, t, cfg.num_heads, cfg.head_dim)  # [B, T, D] -> [B, T, N, H]
+    k = layers.linear(params["k_proj"], x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # [B, T, D] -> [B, T, K, H]
+    v = layers.linear(params["v_proj"], x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # [B, T, D] -> [B, T, K, H]
+    q = layers.apply_rope(q, cos, sin)
+    k = layers.apply_rope(k, cos, sin)
+    if cache is not None:
+        cache = {"k": layers.cache_write(cache["k"], k, write_pos), "v": layers.cache_write(cache["v"], v, write_pos)}
+        k, v = cache["k"], cache["v"]  # [B, S, K, H]
+    out = layers.attend(q, k, v, mask)  # -> [B, T, N, H]
+    out = out.reshape(b, t, cfg.num_heads * cfg.head_dim)  # [B, T, N, H] -> [B, T, N*H]
+    return layers.linear(params["o_proj"], out), cache  # [B, T, N*H] -> [B, T, D]
+
+
+def qwen_layer(
+    params: Params,
+    x: jax.Array,
+    cos: jax.Array,
+    sin: jax.Array,
+    mask: jax.Array,
+    *,
+    cfg: QwenStackConfig,
+    cache: dict | None = None,
+    write_pos: jax.Array | int = 0,
+) -> tuple[jax.Array, dict | None]:
+    """One pre-norm Qwen2 decoder layer: ``x + attn(norm(x))``, then ``+ mlp(norm(.))``. ``[B, T, D] -> [B, T, D]``.
+
+    The residual adds follow type promotion, so a bfloat16 ``x`` entering a float32 stack becomes float32 after
+    the first add, as in torch (this matters for the patch encoder, see :func:`patch_encoder`).
+    """
+    h = layers.rms_norm(params["input_layernorm"], x, eps=cfg.rms_norm_eps)
+    attn, cache = qwen_attention(params["self_attn"], h, cos, sin, mask, cfg=cfg, cache=cache, write_pos=write_pos)
+    x = x + attn
+    h = layers.rms_norm(params["post_attention_layernorm"], x, eps=cfg.rms_norm_eps)
+    return x + layers.swiglu_mlp(params["mlp"], h), cache
+
+
+def qwen_stack(
+    params: Params,
+    x: jax.Array,
+    positions: jax.Array,
+    mask: jax.Array,
+    *,
+    cfg: QwenStackConfig,
+    cache: KVCache | None = None,
+    write_pos: jax.Array | int = 0,
+) -> tuple[jax.Array, KVCache | None]:
+    """A transformers ``Qwen2Model`` on input embeddings: layers then the final RMSNorm.
+
+    x ``[B, T, D]``, positions ``[B, T]`` (RoPE), mask ``[B, T, S]`` bool, optional per-layer cache -> ``[B, T, D]``.
+    RoPE tables are computed once in float32 and cast to the dtype of ``x`` *as it enters the stack* (transformers
+    derives them from ``inputs_embeds``), then reused by every layer.
+    """
+    cos, sin = layers.rope_tables(positions, head_dim=cfg.head_dim, theta=cfg.rope_theta, dtype=x.dtype)
+    new_cache = [] if cache is not None else None
+    for i, layer_params in enumerate(params["layers"]):
+        layer_cache = cache[i] if cache is not None else None
+        x, layer_cache = qwen_layer(layer_params, x, cos, sin, mask, cfg=cfg, cache=layer_cache, write_pos=write_pos)
+        if new_cache is not None:
+            new_cache.append(layer_cache)
+    return layers.rms_norm(params["norm"], x, eps=cfg.rms_norm_eps), new_cache
+
+
+def init_cache(cfg: QwenStackConfig, batch: int, length: int, dtype) -> KVCache:
+    """A zeroed preallocated KV cache: per layer ``{"k", "v": [B, S, K, H]}`` with S = ``length``."""
+    shape = (batch, length, cfg.num_kv_heads, cfg.head_dim)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(cfg.num_layers)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input embedding (official `_prepare_input_embeds`)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def split_groups(input_ids: jax.Array, *, cfg: LMConfig) -> tuple[jax.Array, jax.Array]:
+    """input_ids ``[B, C+1, T*G]`` -> (text ids ``[B, T]`` = column 0 of each group, speech ids ``[B, T, C, G]``)."""
+    b, rows, length = input_ids.shape
+    g, c = cfg.group_size, cfg.audio_channels
+    text = input_ids[:, 0, ::g]  # [B, T*G] -> [B, T]
+    speech = input_ids[:, 1:, :].reshape(b, c, length // g, g)  # [B, C, T*G] -> [B, C, T, G]
+    return text, speech.transpose(0, 2, 1, 3)  # [B, C, T, G] -> [B, T, C, G]
+
+
+def speech_embeddings_sum(params: Params, speech_ids: jax.Array, *, cfg: LMConfig) -> jax.Array:
+    """Sum of the per-channel speech embeddings, accumulated in **bfloat16**. ``[B, T, C, G]`` -> ``[B, T, G, Di]``.
+
+    Official: the accumulator is allocated as bfloat16 whatever the model dtype and each channel is added in place
+    (``buf += emb_c``: computed in the promoted dtype, then rounded to bfloat16), channel 0 first. Ids equal to the
+    channel's empty id contribute zero.
+    """
+    b, t, c, g = speech_ids.shape
+    buf = jnp.zeros((b, t, g, cfg.input_local_dim), jnp.bfloat16)
+    for ch in range(c):
+        ids = speech_ids[:, :, ch, :]  # [B, T, C, G] -> [B, T, G]
+        emb = layers.embedding(params["speech_embeddings"][ch]["weight"], ids)  # [B, T, G] -> [B, T, G, Di]
+        emb = jnp.where((ids == cfg.speech_empty_ids[ch])[..., None], 0, emb)
+        buf = (buf.astype(emb.dtype) + emb).astype(jnp.bfloat16)
+    return buf
+
+
+def patch_encoder(params: Params, speech_embeds: jax.Array, *, cfg: LMConfig) -> jax.Array:
+    """Input local transformer over each group independently. ``[B, T, G, Di] -> [B, T, G, Di]``.
+
+    Each group's G frames form one sequence (positions 0..G-1), bidirectional when ``input_full_attention``
+    (official passes ``is_causal=not input_full_attention``). The input is the **bfloat16** sum from
+    :func:`speech_embeddings_sum`, so, as in transformers: the RoPE tables of every layer are rounded to bfloat16,
+    the first RMSNorm rounds its normalised value to bfloat16 before the weight multiplies it, and the first
+    residual add uses the bfloat16 input. After that, activations are in the model dtype.
+    """
+    b, t, g, di = speech_embeds.shape
+    x = speech_embeds.reshape(b * t, g, di)  # [B, T, G, Di] -> [B*T, G, Di]
+    pos = jnp.broadcast_to(jnp.arange(g, dtype=jnp.int32), (b * t, g))  # [B*T, G]
+    mask = layers.attention_mask(pos, pos, causal=not cfg.input_full_attention)  # [B*T, G, G]
+    out, _ = qwen_stack(params["input_local_transformer"], x, pos, mask, cfg=cfg.input_local)
+    return out.reshape(b, t, g, di)  # [B*T, G, Di] -> [B, T, G, Di]
+
+
+def input_embeds(params: Params, input_ids: jax.Array, *, cfg: LMConfig, empty_id: int) -> jax.Array:
+    """Official ``_prepare_input_embeds``: ``[B, C+1, T*G]`` ids -> ``[B, T, D]`` backbone input embeddings."""
+    text, speech = split_groups(input_ids, cfg=cfg)  # [B, T], [B, T, C, G]
+    b, t = text.shape
+    is_speech = (text == empty_id)[:, :, None, None]  # [B, T] -> [B, T, 1, 1]
+    speech_embeds = speech_embeddings_sum(params, speech, cfg=cfg)  # -> [B, T, G, Di] bfloat16
+    speech_embeds = speech_embeds * is_speech.astype(speech_embeds.dtype)  # non-speech groups zeroed (still bf16)
+    encoded = patch_encoder(params, speech_embeds, cfg=cfg)  # -> [B, T, G, Di] model dtype
+    encoded = encoded * is_speech.astype(encoded.dtype)
+    grouped = layers.linear(
+        params["speech_group_downcast"], encoded.reshape(b, t, -1)
+    )  # [B, T, G, Di] -> [B, T, G*Di] -> [B, T, D]
+    text_embeds = layers.embedding(params["model"]["embed_tokens"]["weight"], text)  # [B, T] -> [B, T, D]
+    text_embeds = jnp.where((text == empty_id)[..., None], 0, text_embeds)  # <|empty|> groups carry no text
+    return text_embeds + grouped
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backbone and heads
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def backbone(
+    params: Params,
+    embeds: jax.Array,
+    positions: jax.Array,
+    *,
+    cfg: LMConfig,
+    cache: KVCache | None = None,
+    write_pos: jax.Array | int = 0,
+    key_valid: jax.Array | None = None,
+) -> tuple[jax.Array, KVCache | None]:
+    """Qwen2 backbone (causal). embeds ``[B, T, D]``, positions ``[B, T]`` -> hidden ``[B, T, D]``, cache.
+
+    Without a cache: causal attention over the T positions (``key_valid`` ``[B, T]`` masks padding keys).
+    With a cache of S slots: this call occupies slots ``write_pos..write_pos+T-1``; a query at slot i sees slots
+    ``<= i`` that are valid (``key_valid`` ``[B, S]``: False for left padding).
+    """
+    b, t, _ = embeds.shape
+    q_slot = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32) + write_pos, (b, t))  # [B, T]
+    s = t if cache is None else cache[0]["k"].shape[1]
+    k_slot = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))  # [B, S]
+    mask = layers.attention_mask(q_slot, k_slot, causal=True, k_valid=key_valid)  # [B, T, S]
+    return qwen_stack(params["model"], embeds, positions, mask, cfg=cfg.backbone, cache=cache, write_pos=write_pos)
+
+
+def heads(params: Params, last_hidden: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Text logits and patch-decoder input from the last hidden state ``[B, D]`` -> (``[B, V]``, ``[B, Dl]``)."""
+    logits = layers.linear(params["lm_head"], last_hidden)  # [B, D] -> [B, V]
+    local_hidden = layers.linear(params["hidden_states_downcast"], last_hidden)  # [B, D] -> [B, Dl]
+    return logits, local_hidden
+
+
+def forward(
+    params: Params, input_ids: jax.Array, *, cfg: LMConfig, empty_id: int
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Official ``forward`` on a full sequence (no padding, positions 0..T-1).
+
+    input_ids ``[B, C+1, T*G]`` -> (embeds ``[B, T, D]``, hidden ``[B, T, D]``, text logits ``[B, V]`` and
+    patch-decoder input ``[B, Dl]`` at the last position).
+    """
+    embeds = input_embeds(params, input_ids, cfg=cfg, empty_id=empty_id)
+    b, t, _ = embeds.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    hidden, _ = backbone(params, embeds, positions, cfg=cfg)
+    logits, local_hidden = heads(params, hidden[:, -1])
+    return embeds, hidden, logits, local_hidden
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Patch decoder (official `local_forward`)
+# ---------------------------------------------------------------------------------------------------------------
+
+# choose(logits [B, C, Vmax] with each channel's empty id and padding at -inf, step, key) -> tokens [B, C]
+ChannelSampler = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def stacked_speech_tables(params: Params, *, cfg: LMConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-channel heads and embeddings padded to the largest speech vocab Vmax and stacked.
+
+    -> heads ``[C, Vmax, Dl]``, embeddings ``[C, Vmax, Dl]`` (already projected to the local width when
+    ``input_local_dim != local_dim``), valid ``[C, Vmax]`` bool (False for padding rows and the empty id).
+    Padding lets one vectorised step serve all channels; padded logits are -inf so they are never chosen and do
+    not change top-k/top-p (they sort first with zero probability).
+    """
+    vmax = max(cfg.speech_vocab_sizes)
+    heads_, embs, valid = [], [], []
+    for c, vocab in enumerate(cfg.speech_vocab_sizes):
+        w = params["local_transformer_lm_heads"][c]["weight"]  # [Vc, Dl]
+        e = params["speech_embeddings"][c]["weight"]  # [Vc, Di]
+        if "speech_embeddings_to_local" in params:
+            e = layers.linear(params["speech_embeddings_to_local"], e)  # [Vc, Di] -> [Vc, Dl]
+        heads_.append(jnp.pad(w, ((0, vmax - vocab), (0, 0))))  # [Vc, Dl] -> [Vmax, Dl]
+        embs.append(jnp.pad(e, ((0, vmax - vocab), (0, 0))))
+        valid.append((jnp.arange(vmax) < vocab) & (jnp.arange(vmax) != cfg.speech_empty_ids[c]))
+    return jnp.stack(heads_), jnp.stack(embs), jnp.stack(valid)
+
+
+def channel_activity(step: jax.Array, *, cfg: LMConfig) -> tuple[jax.Array, jax.Array]:
+    """Which channels emit a token at patch-decoder ``step`` and for which frame.
+
+    Channel c is active iff ``delay[c] <= step < delay[c] + G``; it then emits frame ``step - delay[c]``.
+    -> (active ``[C]`` bool, frame ``[C]`` int32 clipped to 0..G-1).
+    """
+    delay = jnp.asarray(cfg.delay_pattern, jnp.int32)  # [C]
+    frame = step - delay
+    active = (frame >= 0) & (frame < cfg.group_size)
+    return active, jnp.clip(frame, 0, cfg.group_size - 1)
+
+
+def patch_decoder(
+    params: Params, local_hidden: jax.Array, choose: ChannelSampler, key: jax.Array, *, cfg: LMConfig
+) -> jax.Array:
+    """Official ``local_forward``: the speech tokens of one group. local_hidden ``[B, Dl]`` -> tokens ``[B, G, C]``.
+
+    Steps t = 0 .. G + max(delay) - 1 run the local transformer on one position each (KV cache over the steps,
+    positions 0..t). Step 0's input is ``local_hidden``; at step t every active channel c (see
+    :func:`channel_activity`) picks a token from ``local_transformer_lm_heads[c](hidden)`` with its empty id removed,
+    stored as frame ``t - delay[c]``; the next input is the sum of the active channels' speech embeddings of those
+    tokens (zero when none is active).
+    """
+    b, dl = local_hidden.shape
+    lcfg = cfg.local
+    steps = cfg.local_steps
+    head_w, emb_w, valid = stacked_speech_tables(params, cfg=cfg)  # [C, Vmax, Dl] x2, [C, Vmax]
+    cache = init_cache(lcfg, b, steps, local_hidden.dtype)
+    k_slot = jnp.broadcast_to(jnp.arange(steps, dtype=jnp.int32), (b, steps))  # [B, S]
+
+    def step(t, carry):
+        x, cache, tokens = carry  # x [B, Dl], tokens [B, G, C]
+        pos = jnp.full((b, 1), t, jnp.int32)  # [B, 1]
+        mask = layers.attention_mask(pos, k_slot, causal=True)  # [B, 1, S]
+        h, cache = qwen_stack(params["local_transformer"], x[:, None, :], pos, mask, cfg=lcfg, cache=cache, write_pos=t)
+        logits = jnp.einsum("bd,cvd->bcv", h[:, 0], head_w)  # [B, Dl] -> [B, C, Vmax]
+        logits = jnp.where(valid[None], logits, -jnp.inf)
+        new = choose(logits, t, jax.random.fold_in(key, t))  # [B, C, Vmax] -> [B, C]
+        active, frame = channel_activity(t, cfg=cfg)  # [C], [C]
+        onehot = jax.nn.one_hot(frame, cfg.group_size, dtype=bool) & active[:, None]  # [C, G]
+        tokens = jnp.where(onehot.T[None], new[:, None, :], tokens)  # write [B, C] at [B, frame_c, c]
+        emb = jnp.take_along_axis(emb_w[None], new[:, :, None, None], axis=2)[:, :, 0]  # -> [B, C, Dl]
+        x = jnp.zeros_like(x)
+        for c in range(cfg.audio_channels):  # channel order, as the official in-place `+=`
+            x = x + jnp.where(active[c], emb[:, c], 0).astype(x.dtype)  # [B, Dl]
+        return x, cache, tokens
+
+    tokens = jnp.zeros((b, cfg.group_size, cfg.audio_channels), jnp.int32)
+    _, _, tokens = jax.lax.fori_loop(0, steps, step, (local_hidden, cache, tokens))
+    return tokens

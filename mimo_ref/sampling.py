@@ -1,0 +1,95 @@
+"""Logit processing and token sampling (official ``MiMoSampler``).
+
+``process_logits`` reproduces ``MiMoSampler.process`` row by row:
+
+1. ``temperature`` (if set) divides the logits;
+2. top-k (if ``top_k > 0``) keeps entries ``>=`` the k-th largest value of the row (ties at the threshold kept);
+3. top-p (if ``0 < top_p <= 1``) sorts the row ascending, removes entries whose cumulative softmax is
+   ``<= 1 - top_p`` (the largest entry is always kept), i.e. keeps the smallest set of largest entries whose
+   probability mass exceeds ``top_p``.
+
+Removed entries become -inf. Tokens that a caller forbids (a channel's empty id, stop tokens before the minimum
+length) are set to -inf **after** processing, as the official ``sample`` does, so they take part in the top-k and
+top-p statistics. The official top-k threshold broadcasts correctly only for batch 1; here it is per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    """Sampler settings as data (official ``MiMoSampler``). ``None`` / ``0`` disable a stage."""
+
+    do_sample: bool = False  # False: argmax of the processed logits
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+GREEDY = SamplerConfig(do_sample=False)
+
+# Official per-task defaults (MimoAudio.task_sampler_configs; other tasks use DEFAULT_SAMPLERS): (global, local).
+TASK_SAMPLERS: dict[str, tuple[SamplerConfig, SamplerConfig]] = {
+    "asr": (SamplerConfig(False, 1.0, None, 1.0), SamplerConfig(True, 0.9, None, 0.95)),
+    "tts": (SamplerConfig(True, 0.6, None, 1.0), SamplerConfig(True, 0.9, None, 0.95)),
+    "spoken_dialogue": (SamplerConfig(True, 0.6, None, 0.95), SamplerConfig(True, 0.9, None, 0.95)),
+    "audio_understanding": (SamplerConfig(True, 0.3, None, 0.95), SamplerConfig(True, 0.9, None, 0.95)),
+    "text_chat": (SamplerConfig(True, 0.4, None, 0.95), SamplerConfig(True, 0.9, None, 0.95)),
+    "in_context_learning_s2s": (SamplerConfig(False, 1.0, None, 1.0), SamplerConfig(True, 0.9, None, 0.95)),
+}
+DEFAULT_SAMPLERS = (SamplerConfig(True, 0.6, 50, 0.95), SamplerConfig(True, 0.9, 50, 0.95))
+
+
+def task_samplers(task: str) -> tuple[SamplerConfig, SamplerConfig]:
+    """Official (global, local) sampler defaults for an official task name; unknown names get the defaults."""
+    return TASK_SAMPLERS.get(task, DEFAULT_SAMPLERS)
+
+
+def process_logits(logits: jax.Array, sampler: SamplerConfig) -> jax.Array:
+    """``MiMoSampler.process`` per row. logits ``[..., V]`` -> ``[..., V]`` with removed entries at -inf."""
+    scores = logits
+    if sampler.temperature is not None:
+        scores = scores / jnp.asarray(sampler.temperature, scores.dtype)
+    if sampler.top_k is not None and sampler.top_k > 0:
+        k = min(sampler.top_k, scores.shape[-1])
+        kth = jax.lax.top_k(scores, k)[0][..., -1:]  # [..., V] -> [..., 1]: k-th largest of each row
+        scores = jnp.where(scores < kth, -jnp.inf, scores)
+    if sampler.top_p is not None and 0.0 < sampler.top_p <= 1.0:
+        order = jnp.argsort(scores, axis=-1, stable=True)  # ascending, like torch.sort
+        sorted_scores = jnp.take_along_axis(scores, order, axis=-1)
+        cumulative = jnp.cumsum(jax.nn.softmax(sorted_scores, axis=-1), axis=-1)
+        remove_sorted = cumulative <= 1.0 - sampler.top_p
+        remove_sorted = remove_sorted.at[..., -1].set(False)  # the largest entry always stays
+        inverse = jnp.argsort(order, axis=-1)  # sorted position of each vocab entry
+        remove = jnp.take_along_axis(remove_sorted, inverse, axis=-1)  # back to vocab order
+        scores = jnp.where(remove, -jnp.inf, scores)
+    return scores
+
+
+def remove_tokens(scores: jax.Array, removed: jax.Array) -> jax.Array:
+    """Set forbidden entries to -inf. scores ``[..., V]``, removed ``[..., V]`` bool (broadcastable)."""
+    return jnp.where(removed, -jnp.inf, scores)
+
+
+def choose(scores: jax.Array, sampler: SamplerConfig, key: jax.Array) -> jax.Array:
+    """Pick a token per row from processed scores ``[..., V]`` -> ``[...]`` int32.
+
+    Greedy: first index of the maximum (``torch.argmax``). Sampling: categorical over ``softmax(scores)``
+    (torch's ``multinomial`` RNG cannot be reproduced; a ``jax.random`` key makes runs reproducible here).
+    """
+    if sampler.do_sample:
+        return jax.random.categorical(key, scores, axis=-1).astype(jnp.int32)
+    return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+
+
+def sample(logits: jax.Array, sampler: SamplerConfig, key: jax.Array, removed: jax.Array | None = None) -> jax.Array:
+    """Official ``MiMoSampler.sample``: process, remove forbidden tokens, then choose. ``[..., V]`` -> ``[...]``."""
+    scores = process_logits(logits, sampler)
+    if removed is not None:
+        scores = remove_tokens(scores, removed)
+    return choose(scores, sampler, key)
