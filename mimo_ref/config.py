@@ -159,7 +159,10 @@ def parse_channel_list(value: Any, channels: int, name: str, path: Path) -> tupl
 
 def lm_config_from_dict(data: dict[str, Any], path: Path = Path("config.json")) -> LMConfig:
     """Build an :class:`LMConfig` from the HF ``config.json`` dict of a MiMo-Audio LM checkpoint."""
-    f = lambda name, kind, default=...: field(data, name, kind, path, default)  # noqa: E731
+
+    def f(name: str, kind, default=...):
+        return field(data, name, kind, path, default)
+
     hidden = f("hidden_size", int)
     heads = f("num_attention_heads", int)
     rope_theta = f("rope_theta", float)

@@ -21,13 +21,13 @@ Flow of one forward (shapes for B sequences of T groups):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from mimo_ref import layers
+from mimo_ref import layers, sampling
 from mimo_ref.checkpoint import load_params, resolve_checkpoint, resolve_dtype
 from mimo_ref.config import LMConfig, QwenStackConfig, SpecialTokens, load_lm_config, load_special_tokens
 
@@ -198,7 +198,7 @@ def init_cache(cfg: QwenStackConfig, batch: int, length: int, dtype) -> KVCache:
 
 def split_groups(input_ids: jax.Array, *, cfg: LMConfig) -> tuple[jax.Array, jax.Array]:
     """input_ids ``[B, C+1, T*G]`` -> (text ids ``[B, T]`` = column 0 of each group, speech ids ``[B, T, C, G]``)."""
-    b, rows, length = input_ids.shape
+    b, _, length = input_ids.shape  # [B, C+1, T*G]
     g, c = cfg.group_size, cfg.audio_channels
     text = input_ids[:, 0, ::g]  # [B, T*G] -> [B, T]
     speech = input_ids[:, 1:, :].reshape(b, c, length // g, g)  # [B, C, T*G] -> [B, C, T, G]
@@ -312,20 +312,20 @@ def forward(
 # Patch decoder (official `local_forward`)
 # ---------------------------------------------------------------------------------------------------------------
 
-# choose(logits [B, C, Vmax] with each channel's empty id and padding at -inf, step, key) -> tokens [B, C]
+# choose(logits [B, C, Vmax] with vocab padding at -inf, step, keys [B]) -> tokens [B, C]
 ChannelSampler = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def stacked_speech_tables(params: Params, *, cfg: LMConfig) -> tuple[jax.Array, jax.Array, jax.Array]:
+def stacked_speech_tables(params: Params, *, cfg: LMConfig) -> tuple[jax.Array, jax.Array]:
     """Per-channel heads and embeddings padded to the largest speech vocab Vmax and stacked.
 
     -> heads ``[C, Vmax, Dl]``, embeddings ``[C, Vmax, Dl]`` (already projected to the local width when
-    ``input_local_dim != local_dim``), valid ``[C, Vmax]`` bool (False for padding rows and the empty id).
-    Padding lets one vectorised step serve all channels; padded logits are -inf so they are never chosen and do
-    not change top-k/top-p (they sort first with zero probability).
+    ``input_local_dim != local_dim``). Padding lets one vectorised step serve all channels; padded logits are set to
+    -inf (see :func:`speech_vocab_masks`), so they are never chosen and do not change temperature, top-k or top-p
+    (they sort first, with zero probability).
     """
     vmax = max(cfg.speech_vocab_sizes)
-    heads_, embs, valid = [], [], []
+    heads_, embs = [], []
     for c, vocab in enumerate(cfg.speech_vocab_sizes):
         w = params["local_transformer_lm_heads"][c]["weight"]  # [Vc, Dl]
         e = params["speech_embeddings"][c]["weight"]  # [Vc, Di]
@@ -333,8 +333,32 @@ def stacked_speech_tables(params: Params, *, cfg: LMConfig) -> tuple[jax.Array, 
             e = layers.linear(params["speech_embeddings_to_local"], e)  # [Vc, Di] -> [Vc, Dl]
         heads_.append(jnp.pad(w, ((0, vmax - vocab), (0, 0))))  # [Vc, Dl] -> [Vmax, Dl]
         embs.append(jnp.pad(e, ((0, vmax - vocab), (0, 0))))
-        valid.append((jnp.arange(vmax) < vocab) & (jnp.arange(vmax) != cfg.speech_empty_ids[c]))
-    return jnp.stack(heads_), jnp.stack(embs), jnp.stack(valid)
+    return jnp.stack(heads_), jnp.stack(embs)
+
+
+def speech_vocab_masks(cfg: LMConfig) -> tuple[jax.Array, jax.Array]:
+    """-> (padding ``[C, Vmax]``: True past channel c's vocab, empty ``[C, Vmax]``: True at channel c's empty id)."""
+    vmax = max(cfg.speech_vocab_sizes)
+    idx = jnp.arange(vmax)[None, :]  # [1, Vmax]
+    padding = idx >= jnp.asarray(cfg.speech_vocab_sizes)[:, None]
+    empty = idx == jnp.asarray(cfg.speech_empty_ids)[:, None]
+    return padding, empty
+
+
+def channel_sampler(sampler: sampling.SamplerConfig, *, cfg: LMConfig) -> ChannelSampler:
+    """Official ``local_sampler.sample(scores, [empty id])`` for all channels of all rows at once.
+
+    Logits are processed (temperature, top-k, top-p) with the empty id still present, then the empty id is set to
+    -inf (official order). Row b draws with ``fold_in(keys[b], step)``, so a row's draws do not depend on its batch.
+    """
+    _, empty = speech_vocab_masks(cfg)
+
+    def choose(logits: jax.Array, step: jax.Array, keys: jax.Array) -> jax.Array:
+        scores = sampling.remove_tokens(sampling.process_logits(logits, sampler), empty[None])  # [B, C, Vmax]
+        row_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)  # [B]
+        return jax.vmap(lambda s, k: sampling.choose(s, sampler, k))(scores, row_keys)  # -> [B, C]
+
+    return choose
 
 
 def channel_activity(step: jax.Array, *, cfg: LMConfig) -> tuple[jax.Array, jax.Array]:
@@ -350,20 +374,21 @@ def channel_activity(step: jax.Array, *, cfg: LMConfig) -> tuple[jax.Array, jax.
 
 
 def patch_decoder(
-    params: Params, local_hidden: jax.Array, choose: ChannelSampler, key: jax.Array, *, cfg: LMConfig
+    params: Params, local_hidden: jax.Array, choose: ChannelSampler, keys: jax.Array, *, cfg: LMConfig
 ) -> jax.Array:
     """Official ``local_forward``: the speech tokens of one group. local_hidden ``[B, Dl]`` -> tokens ``[B, G, C]``.
 
     Steps t = 0 .. G + max(delay) - 1 run the local transformer on one position each (KV cache over the steps,
     positions 0..t). Step 0's input is ``local_hidden``; at step t every active channel c (see
-    :func:`channel_activity`) picks a token from ``local_transformer_lm_heads[c](hidden)`` with its empty id removed,
-    stored as frame ``t - delay[c]``; the next input is the sum of the active channels' speech embeddings of those
-    tokens (zero when none is active).
+    :func:`channel_activity`) picks a token from ``local_transformer_lm_heads[c](hidden)`` with its empty id removed
+    (``choose``, e.g. :func:`channel_sampler`; ``keys`` ``[B]``), stored as frame ``t - delay[c]``; the next input
+    is the sum, in channel order, of the active channels' speech embeddings of those tokens (zero when none is).
     """
-    b, dl = local_hidden.shape
+    b = local_hidden.shape[0]
     lcfg = cfg.local
     steps = cfg.local_steps
-    head_w, emb_w, valid = stacked_speech_tables(params, cfg=cfg)  # [C, Vmax, Dl] x2, [C, Vmax]
+    head_w, emb_w = stacked_speech_tables(params, cfg=cfg)  # [C, Vmax, Dl] x2
+    padding, _ = speech_vocab_masks(cfg)  # [C, Vmax]
     cache = init_cache(lcfg, b, steps, local_hidden.dtype)
     k_slot = jnp.broadcast_to(jnp.arange(steps, dtype=jnp.int32), (b, steps))  # [B, S]
 
@@ -373,8 +398,8 @@ def patch_decoder(
         mask = layers.attention_mask(pos, k_slot, causal=True)  # [B, 1, S]
         h, cache = qwen_stack(params["local_transformer"], x[:, None, :], pos, mask, cfg=lcfg, cache=cache, write_pos=t)
         logits = jnp.einsum("bd,cvd->bcv", h[:, 0], head_w)  # [B, Dl] -> [B, C, Vmax]
-        logits = jnp.where(valid[None], logits, -jnp.inf)
-        new = choose(logits, t, jax.random.fold_in(key, t))  # [B, C, Vmax] -> [B, C]
+        logits = jnp.where(padding[None], -jnp.inf, logits)
+        new = choose(logits, t, keys)  # [B, C, Vmax] -> [B, C]
         active, frame = channel_activity(t, cfg=cfg)  # [C], [C]
         onehot = jax.nn.one_hot(frame, cfg.group_size, dtype=bool) & active[:, None]  # [C, G]
         tokens = jnp.where(onehot.T[None], new[:, None, :], tokens)  # write [B, C] at [B, frame_c, c]

@@ -43,11 +43,9 @@ def lm_runs(golden_dir, lm_fixtures):
             embeds, hidden, logits, local_hidden = jax.jit(lm.forward, static_argnames=("cfg", "empty_id"))(
                 params, ids, cfg=cfg, empty_id=special.empty
             )
-
-            def greedy(scores, step, key):
-                return sampling.choose(scores, sampling.GREEDY, key)
-
-            tokens = lm.patch_decoder(params, local_hidden, greedy, jax.random.key(0), cfg=cfg)
+            greedy = lm.channel_sampler(sampling.GREEDY, cfg=cfg)
+            keys = jax.random.split(jax.random.key(0), ids.shape[0])
+            tokens = lm.patch_decoder(params, local_hidden, greedy, keys, cfg=cfg)
             runs[prefix] = {
                 "input_embeds": np.asarray(embeds.astype(jnp.float32 if prefix == "bf16" else embeds.dtype)),
                 "hidden_states": np.asarray(hidden.astype(jnp.float32 if prefix == "bf16" else hidden.dtype)),
