@@ -169,8 +169,14 @@ def prefill(params, ids: jax.Array, pads: jax.Array, *, st: StepStatic) -> dict:
     }
 
 
-def group_step(params, state: dict, pads: jax.Array, min_length: jax.Array, key: jax.Array, *, st: StepStatic) -> dict:
-    """One group for every row (see the module docstring). ``key`` ``[B]`` keys, one per sequence."""
+def group_step(
+    params, tables, state: dict, pads: jax.Array, min_length: jax.Array, key: jax.Array, *, st: StepStatic
+) -> dict:
+    """One group for every row (see the module docstring). ``key`` ``[B]`` keys, one per sequence.
+
+    ``tables``: the patch decoder's stacked heads/embeddings (:func:`mimo_ref.lm.stacked_speech_tables`), built
+    once per generate call rather than once per group.
+    """
     cfg, special = st.cfg, st.special
     g, c = cfg.group_size, cfg.audio_channels
     b = state["logits"].shape[0]
@@ -196,7 +202,7 @@ def group_step(params, state: dict, pads: jax.Array, min_length: jax.Array, key:
     choose = lm.channel_sampler(st.speech_sampler, cfg=cfg)
 
     def decode(_):
-        return lm.patch_decoder(params, state["local_hidden"], choose, step_keys[:, 1], cfg=cfg)
+        return lm.patch_decoder(params, state["local_hidden"], choose, step_keys[:, 1], cfg=cfg, tables=tables)
 
     speech = jax.lax.cond(jnp.any(is_speech), decode, lambda _: empty_frames, None)  # [B, G, C]
     speech = jnp.where((text == special.empty)[:, None, None], speech, empty_frames)
@@ -246,12 +252,13 @@ def group_step(params, state: dict, pads: jax.Array, min_length: jax.Array, key:
 def generate_jit(params, ids, pads, min_length, keys, *, st: StepStatic) -> tuple[jax.Array, jax.Array]:
     """Prefill + ``lax.while_loop`` of :func:`group_step` until every row is done. -> (new groups, n_new)."""
     state = prefill(params, ids, pads, st=st)
+    tables = lm.stacked_speech_tables(params, cfg=st.cfg)
 
     def cond(state):
         return (state["step"] < st.max_new_groups) & ~jnp.all(state["done"])
 
     def body(state):
-        return group_step(params, state, pads, min_length, keys, st=st)
+        return group_step(params, tables, state, pads, min_length, keys, st=st)
 
     state = jax.lax.while_loop(cond, body, state)
     return state["new"], state["n_new"]
@@ -259,6 +266,7 @@ def generate_jit(params, ids, pads, min_length, keys, *, st: StepStatic) -> tupl
 
 prefill_jit = jax.jit(prefill, static_argnames=("st",))
 group_step_jit = jax.jit(group_step, static_argnames=("st",))
+tables_jit = jax.jit(lm.stacked_speech_tables, static_argnames=("cfg",))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -403,9 +411,10 @@ def generate_stream(
         prompt_bucket=prompt_bucket,
     )
     state = prefill_jit(params, ids, pads, st=st)
+    tables = tables_jit(params, cfg=cfg)
     while int(state["step"]) < st.max_new_groups and not bool(jnp.all(state["done"])):
         step = int(state["step"])
-        state = group_step_jit(params, state, pads, min_length, keys, st=st)
+        state = group_step_jit(params, tables, state, pads, min_length, keys, st=st)
         yield np.asarray(state["new"][:, step])
     if on_result is not None:
         on_result(

@@ -374,7 +374,13 @@ def channel_activity(step: jax.Array, *, cfg: LMConfig) -> tuple[jax.Array, jax.
 
 
 def patch_decoder(
-    params: Params, local_hidden: jax.Array, choose: ChannelSampler, keys: jax.Array, *, cfg: LMConfig
+    params: Params,
+    local_hidden: jax.Array,
+    choose: ChannelSampler,
+    keys: jax.Array,
+    *,
+    cfg: LMConfig,
+    tables: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     """Official ``local_forward``: the speech tokens of one group. local_hidden ``[B, Dl]`` -> tokens ``[B, G, C]``.
 
@@ -383,11 +389,14 @@ def patch_decoder(
     :func:`channel_activity`) picks a token from ``local_transformer_lm_heads[c](hidden)`` with its empty id removed
     (``choose``, e.g. :func:`channel_sampler`; ``keys`` ``[B]``), stored as frame ``t - delay[c]``; the next input
     is the sum, in channel order, of the active channels' speech embeddings of those tokens (zero when none is).
+    ``tables``: :func:`stacked_speech_tables` computed once outside a decode loop (recomputed here if None).
     """
     b = local_hidden.shape[0]
     lcfg = cfg.local
     steps = cfg.local_steps
-    head_w, emb_w = stacked_speech_tables(params, cfg=cfg)  # [C, Vmax, Dl] x2
+    head_w, emb_w = stacked_speech_tables(params, cfg=cfg) if tables is None else tables  # [C, Vmax, Dl] x2
+    c, vmax, dl = head_w.shape
+    head_flat = head_w.reshape(c * vmax, dl)  # one plain matmul for all heads (a batched einsum is 10x slower on CPU)
     padding, _ = speech_vocab_masks(cfg)  # [C, Vmax]
     cache = init_cache(lcfg, b, steps, local_hidden.dtype)
     k_slot = jnp.broadcast_to(jnp.arange(steps, dtype=jnp.int32), (b, steps))  # [B, S]
@@ -397,16 +406,18 @@ def patch_decoder(
         pos = jnp.full((b, 1), t, jnp.int32)  # [B, 1]
         mask = layers.attention_mask(pos, k_slot, causal=True)  # [B, 1, S]
         h, cache = qwen_stack(params["local_transformer"], x[:, None, :], pos, mask, cfg=lcfg, cache=cache, write_pos=t)
-        logits = jnp.einsum("bd,cvd->bcv", h[:, 0], head_w)  # [B, Dl] -> [B, C, Vmax]
+        logits = layers.linear({"weight": head_flat}, h[:, 0]).reshape(
+            b, c, vmax
+        )  # [B, Dl] -> [B, C*Vmax] -> [B, C, Vmax]
         logits = jnp.where(padding[None], -jnp.inf, logits)
         new = choose(logits, t, keys)  # [B, C, Vmax] -> [B, C]
         active, frame = channel_activity(t, cfg=cfg)  # [C], [C]
         onehot = jax.nn.one_hot(frame, cfg.group_size, dtype=bool) & active[:, None]  # [C, G]
         tokens = jnp.where(onehot.T[None], new[:, None, :], tokens)  # write [B, C] at [B, frame_c, c]
-        emb = jnp.take_along_axis(emb_w[None], new[:, :, None, None], axis=2)[:, :, 0]  # -> [B, C, Dl]
+        emb = emb_w[jnp.arange(c)[None, :], new]  # [C, Vmax, Dl] gathered at [B, C] -> [B, C, Dl]
         x = jnp.zeros_like(x)
-        for c in range(cfg.audio_channels):  # channel order, as the official in-place `+=`
-            x = x + jnp.where(active[c], emb[:, c], 0).astype(x.dtype)  # [B, Dl]
+        for ch in range(c):  # channel order, as the official in-place `+=`
+            x = x + jnp.where(active[ch], emb[:, ch], 0).astype(x.dtype)  # [B, Dl]
         return x, cache, tokens
 
     tokens = jnp.zeros((b, cfg.group_size, cfg.audio_channels), jnp.int32)

@@ -60,15 +60,45 @@ def process_logits(logits: jax.Array, sampler: SamplerConfig) -> jax.Array:
         kth = jax.lax.top_k(scores, k)[0][..., -1:]  # [..., V] -> [..., 1]: k-th largest of each row
         scores = jnp.where(scores < kth, -jnp.inf, scores)
     if sampler.top_p is not None and 0.0 < sampler.top_p <= 1.0:
-        order = jnp.argsort(scores, axis=-1, stable=True)  # ascending, like torch.sort
-        sorted_scores = jnp.take_along_axis(scores, order, axis=-1)
-        cumulative = jnp.cumsum(jax.nn.softmax(sorted_scores, axis=-1), axis=-1)
-        remove_sorted = cumulative <= 1.0 - sampler.top_p
-        remove_sorted = remove_sorted.at[..., -1].set(False)  # the largest entry always stays
-        inverse = jnp.argsort(order, axis=-1)  # sorted position of each vocab entry
-        remove = jnp.take_along_axis(remove_sorted, inverse, axis=-1)  # back to vocab order
-        scores = jnp.where(remove, -jnp.inf, scores)
+        scores = jnp.where(top_p_removed(scores, sampler.top_p), -jnp.inf, scores)
     return scores
+
+
+def sortable_bits(x: jax.Array) -> jax.Array:
+    """Map float32 values to uint32 keys with the same order (-inf lowest): flip all bits of negatives, set the
+    sign bit of non-negatives."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def top_p_removed(scores: jax.Array, top_p: float) -> jax.Array:
+    """Entries that official top-p removes, ``[..., V]`` bool, without sorting the vocabulary.
+
+    Official: sort ascending, remove entry i when the cumulative softmax up to and including i is ``<= 1 - top_p``,
+    never remove the last (largest). The cumulative mass is non-decreasing along the sorted order, so the removed
+    entries are exactly those whose value is ``<=`` a threshold: the largest value t with
+    ``mass(scores <= t) <= 1 - top_p``. A 32-step bisection over the order-preserving uint32 keys of the values
+    finds it with one masked sum over the vocabulary per step (a full sort is 30x slower on CPU for 151680
+    entries). Deviation: when equal values straddle the threshold, the official result depends on torch's
+    unstable sort order; here ties are removed or kept together.
+    """
+    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)  # [..., V]
+    keys = sortable_bits(scores)  # [..., V]
+    limit = jnp.float32(1.0 - top_p)
+    lo = jnp.zeros(scores.shape[:-1] + (1,), jnp.uint32)  # invariant: mass(keys <= lo) <= limit (key 0 is below -inf)
+    hi = jnp.max(keys, axis=-1, keepdims=True)  # candidate upper end
+
+    def bisect(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo + 1) // 2  # [..., 1], rounds up so the loop always moves
+        mass = jnp.sum(jnp.where(keys <= mid, probs, 0.0), axis=-1, keepdims=True)
+        ok = mass <= limit
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+    lo, _ = jax.lax.fori_loop(0, 32, bisect, (lo, hi))
+    removed = keys <= lo  # [..., V]
+    largest = jnp.arange(scores.shape[-1]) == jnp.argmax(scores, axis=-1, keepdims=True)
+    return removed & ~largest  # the largest entry always stays
 
 
 def remove_tokens(scores: jax.Array, removed: jax.Array) -> jax.Array:
