@@ -209,7 +209,7 @@ def lm_config_from_dict(data: dict[str, Any], path: Path = Path("config.json")) 
     vocab_sizes = parse_channel_list(f("speech_vocab_size", (str, int)), channels, "speech_vocab_size", path)
     empty_ids = parse_channel_list(f("speech_zeroemb_idx", (str, int)), channels, "speech_zeroemb_idx", path)
     delays = parse_channel_list(f("delay_pattern", (str, int)), channels, "delay_pattern", path)
-    for c, (size, empty) in enumerate(zip(vocab_sizes, empty_ids)):
+    for c, (size, empty) in enumerate(zip(vocab_sizes, empty_ids, strict=True)):
         if not 0 <= empty < size:
             raise ConfigError(f"{path}: channel {c} empty id {empty} is outside its vocabulary of {size}")
     if min(delays) < 0:
