@@ -42,8 +42,9 @@ PROMPT_BUCKET = 64  # prompts are left-padded to a multiple of this many groups,
 class GenerationResult:
     """Output of :func:`generate`.
 
-    ids ``[B, C+1, T_total*G]``: prompt + generated groups, each row starting at column 0 (left padding removed);
-    columns past a row's length hold the text pad id (``<|endoftext|>``) and the channels' empty ids.
+    ids ``[B, C+1, T_total*G]``: each row's prompt exactly as given (official prompts hold -100 at text columns
+    1..G-1) followed by its generated groups; columns past a row's length hold the text pad id
+    (``<|endoftext|>``) and the channels' empty ids.
     lengths / prompt_lengths ``[B]``: groups per row (prompt + generated) / prompt groups.
     """
 
@@ -315,29 +316,27 @@ def prepare(
         raise ValueError(f"got {keys.shape[0]} keys for {len(prompts)} prompts; pass one key or one per prompt")
     st = StepStatic(cfg, special, text_sampler, speech_sampler, stops, slots, int(max_new_groups))
     min_length = jnp.asarray(lengths + int(min_new_groups), jnp.int32)
-    return st, jnp.asarray(ids), jnp.asarray(pads), min_length, keys, lengths
+    return st, jnp.asarray(ids), jnp.asarray(pads), min_length, keys, prompts
 
 
-def assemble(
-    prompts_len: np.ndarray, ids: np.ndarray, pads: np.ndarray, new: np.ndarray, n_new: np.ndarray, st: StepStatic
-):
-    """Host side: join each row's prompt (padding stripped) and its generated groups into a GenerationResult."""
+def assemble(prompts: list[np.ndarray], new: np.ndarray, n_new: np.ndarray, st: StepStatic) -> GenerationResult:
+    """Host side: join each row's prompt (as given, -100 fillers included) and its generated groups."""
     cfg = st.cfg
     g = cfg.group_size
-    b = ids.shape[0]
-    lengths = prompts_len + n_new
+    b = len(prompts)
+    prompt_lengths = np.array([p.shape[1] // g for p in prompts], np.int64)
+    lengths = prompt_lengths + n_new
     total = int(lengths.max())
     out = np.empty((b, cfg.audio_channels + 1, total * g), np.int64)
     out[:, 0] = st.special.endoftext
     out[:, 1:] = np.asarray(cfg.speech_empty_ids)[None, :, None]
     for r in range(b):
-        prompt = ids[r, :, int(pads[r]) * g :]
         gen = (
             new[r, : int(n_new[r])].transpose(1, 0, 2).reshape(cfg.audio_channels + 1, -1)
         )  # [n, C+1, G] -> [C+1, n*G]
-        row = np.concatenate([prompt, gen], axis=1)
+        row = np.concatenate([prompts[r], gen], axis=1)
         out[r, :, : row.shape[1]] = row
-    return GenerationResult(out, lengths.astype(np.int64), prompts_len.astype(np.int64), g)
+    return GenerationResult(out, lengths, prompt_lengths, g)
 
 
 def generate(
@@ -361,7 +360,7 @@ def generate(
     ``min_new_groups``). ``key``: one ``jax.random`` key (row b uses ``fold_in(key, b)``) or ``[B]`` keys.
     Prompt text ids at group columns 1..G-1 (official prompts hold -100 there) are ignored.
     """
-    st, ids, pads, min_length, keys, lengths = prepare(
+    st, ids, pads, min_length, keys, prompts = prepare(
         cfg,
         special,
         prompt_ids,
@@ -374,7 +373,7 @@ def generate(
         prompt_bucket=prompt_bucket,
     )
     new, n_new = generate_jit(params, ids, pads, min_length, keys, st=st)
-    return assemble(lengths, np.asarray(ids), np.asarray(pads), np.asarray(new), np.asarray(n_new), st)
+    return assemble(prompts, np.asarray(new), np.asarray(n_new), st)
 
 
 def generate_stream(
@@ -398,7 +397,7 @@ def generate_stream(
     flagged by the final result). ``on_result`` receives the same :class:`GenerationResult` that :func:`generate`
     returns once the loop ends.
     """
-    st, ids, pads, min_length, keys, lengths = prepare(
+    st, ids, pads, min_length, keys, prompts = prepare(
         cfg,
         special,
         prompt_ids,
@@ -417,8 +416,4 @@ def generate_stream(
         state = group_step_jit(params, tables, state, pads, min_length, keys, st=st)
         yield np.asarray(state["new"][:, step])
     if on_result is not None:
-        on_result(
-            assemble(
-                lengths, np.asarray(ids), np.asarray(pads), np.asarray(state["new"]), np.asarray(state["n_new"]), st
-            )
-        )
+        on_result(assemble(prompts, np.asarray(state["new"]), np.asarray(state["n_new"]), st))

