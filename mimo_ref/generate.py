@@ -34,6 +34,7 @@ import numpy as np
 from mimo_ref import lm, sampling
 from mimo_ref.config import LMConfig, SpecialTokens
 from mimo_ref.sampling import SamplerConfig
+from mimo_ref.tap import tap
 
 PROMPT_BUCKET = 64  # prompts are left-padded to a multiple of this many groups, so one compile serves many lengths
 
@@ -196,6 +197,7 @@ def group_step(
     if removed is not None:
         scores = sampling.remove_tokens(scores, removed)
     text = jax.vmap(lambda s, k: sampling.choose(s, st.text_sampler, k))(scores, step_keys[:, 0])  # [B]
+    tap("generate.text_token", text)
 
     # 2. speech: patch decoder for <|empty|> groups, channel empty ids otherwise
     is_speech = (text == special.empty) & ~state["done"]  # [B]
@@ -210,7 +212,7 @@ def group_step(
 
     # 3. append the group: [B, C+1, G] = text repeated G times over speech transposed to [B, C, G]
     group = jnp.concatenate([jnp.broadcast_to(text[:, None, None], (b, 1, g)), speech.transpose(0, 2, 1)], axis=1)
-    new = jax.lax.dynamic_update_slice(state["new"], group[:, None], (0, step, 0, 0))  # write [B, 1, C+1, G]
+    new = jax.lax.dynamic_update_slice(state["new"], tap("generate.group", group)[:, None], (0, step, 0, 0))
 
     # 4. stop rule (official MiMoStopper): length cap, or a stop token once the minimum length is reached
     new_len = cur_len + 1

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from mimo_ref import layers, sampling
 from mimo_ref.checkpoint import load_params, resolve_checkpoint, resolve_dtype
 from mimo_ref.config import LMConfig, QwenStackConfig, SpecialTokens, load_lm_config, load_special_tokens
+from mimo_ref.tap import tap
 
 Params = dict
 KVCache = list  # one {"k": [B, S, K, H], "v": [B, S, K, H]} dict per layer
@@ -168,21 +169,23 @@ def qwen_stack(
     cfg: QwenStackConfig,
     cache: KVCache | None = None,
     write_pos: jax.Array | int = 0,
+    name: str = "qwen",
 ) -> tuple[jax.Array, KVCache | None]:
     """A transformers ``Qwen2Model`` on input embeddings: layers then the final RMSNorm.
 
     x ``[B, T, D]``, positions ``[B, T]`` (RoPE), mask ``[B, T, S]`` bool, optional per-layer cache -> ``[B, T, D]``.
     RoPE tables are computed once in float32 and cast to the dtype of ``x`` *as it enters the stack* (transformers
-    derives them from ``inputs_embeds``), then reused by every layer.
+    derives them from ``inputs_embeds``), then reused by every layer. ``name``: prefix of the activation taps.
     """
     cos, sin = layers.rope_tables(positions, head_dim=cfg.head_dim, theta=cfg.rope_theta, dtype=x.dtype)
     new_cache = [] if cache is not None else None
     for i, layer_params in enumerate(params["layers"]):
         layer_cache = cache[i] if cache is not None else None
         x, layer_cache = qwen_layer(layer_params, x, cos, sin, mask, cfg=cfg, cache=layer_cache, write_pos=write_pos)
+        tap(f"{name}.layer{i}", x)
         if new_cache is not None:
             new_cache.append(layer_cache)
-    return layers.rms_norm(params["norm"], x, eps=cfg.rms_norm_eps), new_cache
+    return tap(f"{name}.norm", layers.rms_norm(params["norm"], x, eps=cfg.rms_norm_eps)), new_cache
 
 
 def init_cache(cfg: QwenStackConfig, batch: int, length: int, dtype) -> KVCache:
@@ -219,7 +222,7 @@ def speech_embeddings_sum(params: Params, speech_ids: jax.Array, *, cfg: LMConfi
         emb = layers.embedding(params["speech_embeddings"][ch]["weight"], ids)  # [B, T, G] -> [B, T, G, Di]
         emb = jnp.where((ids == cfg.speech_empty_ids[ch])[..., None], 0, emb)
         buf = (buf.astype(emb.dtype) + emb).astype(jnp.bfloat16)
-    return buf
+    return tap("lm.speech_embeddings_sum", buf)
 
 
 def patch_encoder(params: Params, speech_embeds: jax.Array, *, cfg: LMConfig) -> jax.Array:
@@ -235,7 +238,7 @@ def patch_encoder(params: Params, speech_embeds: jax.Array, *, cfg: LMConfig) ->
     x = speech_embeds.reshape(b * t, g, di)  # [B, T, G, Di] -> [B*T, G, Di]
     pos = jnp.broadcast_to(jnp.arange(g, dtype=jnp.int32), (b * t, g))  # [B*T, G]
     mask = layers.attention_mask(pos, pos, causal=not cfg.input_full_attention)  # [B*T, G, G]
-    out, _ = qwen_stack(params["input_local_transformer"], x, pos, mask, cfg=cfg.input_local)
+    out, _ = qwen_stack(params["input_local_transformer"], x, pos, mask, cfg=cfg.input_local, name="lm.patch_encoder")
     return out.reshape(b, t, g, di)  # [B*T, G, Di] -> [B, T, G, Di]
 
 
@@ -253,7 +256,7 @@ def input_embeds(params: Params, input_ids: jax.Array, *, cfg: LMConfig, empty_i
     )  # [B, T, G, Di] -> [B, T, G*Di] -> [B, T, D]
     text_embeds = layers.embedding(params["model"]["embed_tokens"]["weight"], text)  # [B, T] -> [B, T, D]
     text_embeds = jnp.where((text == empty_id)[..., None], 0, text_embeds)  # <|empty|> groups carry no text
-    return text_embeds + grouped
+    return tap("lm.input_embeds", text_embeds + grouped)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -282,14 +285,16 @@ def backbone(
     s = t if cache is None else cache[0]["k"].shape[1]
     k_slot = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))  # [B, S]
     mask = layers.attention_mask(q_slot, k_slot, causal=True, k_valid=key_valid)  # [B, T, S]
-    return qwen_stack(params["model"], embeds, positions, mask, cfg=cfg.backbone, cache=cache, write_pos=write_pos)
+    return qwen_stack(
+        params["model"], embeds, positions, mask, cfg=cfg.backbone, cache=cache, write_pos=write_pos, name="lm.backbone"
+    )
 
 
 def heads(params: Params, last_hidden: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Text logits and patch-decoder input from the last hidden state ``[B, D]`` -> (``[B, V]``, ``[B, Dl]``)."""
-    logits = layers.linear(params["lm_head"], last_hidden)  # [B, D] -> [B, V]
+    logits = tap("lm.text_logits", layers.linear(params["lm_head"], last_hidden))  # [B, D] -> [B, V]
     local_hidden = layers.linear(params["hidden_states_downcast"], last_hidden)  # [B, D] -> [B, Dl]
-    return logits, local_hidden
+    return logits, tap("lm.local_hidden", local_hidden)
 
 
 def forward(
@@ -405,12 +410,16 @@ def patch_decoder(
         x, cache, tokens = carry  # x [B, Dl], tokens [B, G, C]
         pos = jnp.full((b, 1), t, jnp.int32)  # [B, 1]
         mask = layers.attention_mask(pos, k_slot, causal=True)  # [B, 1, S]
-        h, cache = qwen_stack(params["local_transformer"], x[:, None, :], pos, mask, cfg=lcfg, cache=cache, write_pos=t)
+        h, cache = qwen_stack(
+            params["local_transformer"], x[:, None, :], pos, mask, cfg=lcfg, cache=cache, write_pos=t,
+            name="lm.patch_decoder.stack",
+        )  # fmt: skip
         logits = layers.linear({"weight": head_flat}, h[:, 0]).reshape(
             b, c, vmax
         )  # [B, Dl] -> [B, C*Vmax] -> [B, C, Vmax]
         logits = jnp.where(padding[None], -jnp.inf, logits)
-        new = choose(logits, t, keys)  # [B, C, Vmax] -> [B, C]
+        tap("lm.patch_decoder.logits", logits)
+        new = tap("lm.patch_decoder.tokens", choose(logits, t, keys))  # [B, C, Vmax] -> [B, C]
         active, frame = channel_activity(t, cfg=cfg)  # [C], [C]
         onehot = jax.nn.one_hot(frame, cfg.group_size, dtype=bool) & active[:, None]  # [C, G]
         tokens = jnp.where(onehot.T[None], new[:, None, :], tokens)  # write [B, C] at [B, frame_c, c]

@@ -8,11 +8,15 @@ padding at 2x for short inputs and ``step`` frames for long ones, and the number
 
 from __future__ import annotations
 
+from mimo_ref.tap import is_collecting
+
 
 def bucket_length(n: int, *, minimum: int = 64, step: int = 1024) -> int:
     """Smallest bucket >= n: a power of two in ``[minimum, step]``, or a multiple of ``step`` above it."""
     if n < 0:
         raise ValueError(f"length must be >= 0, got {n}")
+    if is_collecting():
+        return n  # activation dumps run eagerly (nothing to reuse): exact lengths, so no tensor carries padding
     if n <= step:
         size = minimum
         while size < n:

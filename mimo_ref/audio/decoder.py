@@ -25,6 +25,7 @@ from mimo_ref.audio.rvq import rvq_decode
 from mimo_ref.audio.transformer import LAYER_NORM_EPS, segment_mask, transformer
 from mimo_ref.audio.vocoder import vocoder
 from mimo_ref.layers import Params, compute_dtype, conv_transpose1d, layer_norm
+from mimo_ref.tap import tap
 
 GROUP_NORM_EPS = 1e-5  # torch nn.GroupNorm default
 
@@ -74,14 +75,17 @@ def audio_decoder(params: Params, vq: jax.Array, lengths: jax.Array, *, cfg: Aud
     """
     x = vq.astype(params["layer_norm"]["weight"].dtype)
     x, lengths1 = transposed_conv_block(params["dconv1"], x, lengths, stride=cfg.avg_pooler)  # [B, T, D] -> [B, T1, D]
+    tap("audio.decoder.dconv1", x)
     b, t1, _ = x.shape
     positions = jnp.broadcast_to(jnp.arange(t1)[None, :], (b, t1))  # restart per sequence (get_position_ids)
     mask = segment_mask(lengths1, t1, causal=cfg.decoder_causal, window=cfg.decoder_window)  # [B, T1, T1]
-    x, _ = transformer(params["layers"], x, positions, mask, heads=cfg.decoder_heads, theta=cfg.rope_theta)
-    x = layer_norm(params["layer_norm"], x, eps=LAYER_NORM_EPS)
+    x, _ = transformer(
+        params["layers"], x, positions, mask, heads=cfg.decoder_heads, theta=cfg.rope_theta, name="audio.decoder"
+    )
+    x = tap("audio.decoder.final_norm", layer_norm(params["layer_norm"], x, eps=LAYER_NORM_EPS))
     # [B, T1, D] -> [B, T2, M]
     mel, lengths2 = transposed_conv_block(params["dconv2"], x, lengths1, stride=cfg.decoder_stride_size)
-    return mel, lengths2
+    return tap("audio.decoder.coarse_mel", mel), lengths2
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -92,9 +96,9 @@ def decode_padded(params: Params, codes: jax.Array, lengths: jax.Array, *, cfg: 
     lengths ``[B]`` -> vq ``[B, T, D]`` float32, coarse mel ``[B, T2, M]``, mel lengths ``[B]``,
     wav ``[B, 1, T2 * hop]`` (the params' dtype).
     """
-    vq = rvq_decode(params["encoder"]["quantizer"]["vq"], codes)  # [Q, B, T] -> [B, T, D] float32
+    vq = tap("audio.decoder.vq", rvq_decode(params["encoder"]["quantizer"]["vq"], codes))  # [Q, B, T] -> [B, T, D]
     mel, mel_lengths = audio_decoder(params["decoder"], vq, lengths, cfg=cfg)  # [B, T, D] -> [B, T2, M]
-    wav = vocoder(params["decoder"]["vocoder"], mel, mel_lengths, cfg=cfg)  # [B, T2, M] -> [B, 1, T2 * hop]
+    wav = tap("audio.wav", vocoder(params["decoder"]["vocoder"], mel, mel_lengths, cfg=cfg))  # -> [B, 1, T2 * hop]
     return vq, mel, mel_lengths, wav
 
 

@@ -41,6 +41,7 @@ from mimo_ref.audio.config import AudioTokenizerConfig
 from mimo_ref.audio.rvq import rvq_decode, rvq_encode
 from mimo_ref.audio.transformer import LAYER_NORM_EPS, segment_mask, transformer
 from mimo_ref.layers import Params, conv1d, gelu, layer_norm
+from mimo_ref.tap import tap
 
 
 def conv_stem(params: Params, mels: jax.Array, lengths: jax.Array, *, cfg: AudioTokenizerConfig) -> jax.Array:
@@ -87,7 +88,7 @@ def encoder_features(params: Params, mels: jax.Array, lengths: jax.Array, *, cfg
     dtype = params["conv1"]["weight"].dtype
     pos = jnp.arange(mels.shape[1])[None, :, None]  # [1, T, 1]
     mels = jnp.where(pos < lengths[:, None, None], mels.astype(dtype), 0.0)  # official zero padding of the batch
-    x = conv_stem(params, mels, lengths, cfg=cfg)  # [B, T, M] -> [B, T2, D]
+    x = tap("audio.encoder.conv_stem", conv_stem(params, mels, lengths, cfg=cfg))  # [B, T, M] -> [B, T2, D]
     lengths2 = (lengths + 3 - cfg.kernel_size + 2 - cfg.kernel_size) // cfg.stride_size + 1  # get_output_length
     b, t2, _ = x.shape
     positions = jnp.broadcast_to(jnp.arange(t2)[None, :], (b, t2))  # RoPE restarts at 0 in every segment
@@ -100,11 +101,13 @@ def encoder_features(params: Params, mels: jax.Array, lengths: jax.Array, *, cfg
         heads=cfg.encoder_heads,
         theta=cfg.rope_theta,
         keep_layer=cfg.encoder_skip_layer_id,
+        name="audio.encoder",
     )
     if skip is not None:
         x = x + skip  # official: hidden_states += output of layer encoder_skip_layer_id
-    x = layer_norm(params["layer_norm"], x, eps=LAYER_NORM_EPS)
-    return down_sample(params, x, lengths2, cfg=cfg)  # [B, T2, D] -> [B, T3, D]
+    x = tap("audio.encoder.final_norm", layer_norm(params["layer_norm"], x, eps=LAYER_NORM_EPS))
+    x, lengths3 = down_sample(params, x, lengths2, cfg=cfg)  # [B, T2, D] -> [B, T3, D]
+    return tap("audio.encoder.features", x), lengths3  # the pre-quantization features
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "n_q"))
@@ -118,6 +121,7 @@ def encode_padded(params: Params, mels: jax.Array, lengths: jax.Array, *, cfg: A
     features, out_lengths = encoder_features(params, mels, lengths, cfg=cfg)
     codes = rvq_encode(params["quantizer"]["vq"], features, n_q=n_q)  # [B, T3, D] -> [Q, B, T3]
     quantized = rvq_decode(params["quantizer"]["vq"], codes).astype(features.dtype)  # [Q, B, T3] -> [B, T3, D]
+    tap("audio.rvq.quantized", quantized)
     return features, out_lengths, codes, quantized
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from mimo_ref.audio.bucketing import bucket_length
 from mimo_ref.audio.config import AudioTokenizerConfig
+from mimo_ref.tap import tap
 
 LOG_FLOOR = 1e-7  # official wav2mel: torch.log(torch.clip(spec, min=1e-7))
 
@@ -151,4 +152,5 @@ def log_mel(wave, cfg: AudioTokenizerConfig, *, sample_rate: int) -> jax.Array:
     centered = np.pad(array.astype(dtype), (pad, pad), mode="reflect")  # [samples] -> [samples + 2 pad]
     total = (bucket - 1) * cfg.hop_length + cfg.nfft
     padded = np.pad(centered, (0, total - centered.shape[0]))  # zero tail up to the bucket's frames
-    return log_mel_spectrogram(jnp.asarray(padded), cfg=cfg, frames=bucket)[:frames]  # [Tb, M] -> [T, M]
+    mel = log_mel_spectrogram(jnp.asarray(padded), cfg=cfg, frames=bucket)[:frames]  # [Tb, M] -> [T, M]
+    return tap("audio.mel", mel)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from mimo_ref.layers import Params
+from mimo_ref.tap import tap
 
 HIGHEST = jax.lax.Precision.HIGHEST  # codes are argmins: keep the distance matmul at full float32 precision
 
@@ -46,10 +47,11 @@ def rvq_encode(params: Params, x: jax.Array, *, n_q: int) -> jax.Array:
     codes = []
     for level in range(n_q):
         embed = codebook(params, level)
+        tap("audio.rvq.residual", residual.reshape(*lead, -1))  # the residual level `level` quantizes
         index = nearest_codeword(embed, residual)  # [T, D] -> [T]
         residual = residual - jnp.take(embed, index, axis=0)  # [V, D], [T] -> [T, D]
         codes.append(index)
-    return jnp.stack(codes).reshape(n_q, *lead)  # Q x [T] -> [Q, ...]
+    return tap("audio.rvq.codes", jnp.stack(codes).reshape(n_q, *lead))  # Q x [T] -> [Q, ...]
 
 
 def rvq_decode(params: Params, codes: jax.Array) -> jax.Array:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mimo_ref.layers import Params, apply_rope, attend, attention_mask, gelu_mlp, layer_norm, linear, rope_tables
+from mimo_ref.tap import tap
 
 LAYER_NORM_EPS = 1e-5  # torch nn.LayerNorm default, used by every norm of the tokenizer
 
@@ -61,18 +62,19 @@ def transformer(
     heads: int,
     theta: float,
     keep_layer: int | None = None,
+    name: str = "audio.transformer",
 ) -> tuple[jax.Array, jax.Array | None]:
     """Run ``layers`` over x ``[B, T, D]`` with RoPE ``positions`` ``[B, T]`` and ``mask`` ``[B, T, T]``.
 
     Returns the last layer's output ``[B, T, D]`` and, when ``keep_layer`` (1-based) is given, that layer's
-    output (the encoder's skip connection), else None. RoPE tables are computed in float32 and cast to x's
-    dtype (official ``RotaryEmbedding``).
+    output (the encoder's skip connection), else None. ``name``: prefix of the per-layer activation taps.
+    RoPE tables are computed in float32 and cast to x's dtype (official ``RotaryEmbedding``).
     """
     head_dim = x.shape[-1] // heads
     cos, sin = rope_tables(positions, head_dim=head_dim, theta=theta, dtype=x.dtype)  # [B, T] -> [B, T, H]
     kept = None
     for i, params in enumerate(layers):
-        x = transformer_layer(params, x, cos, sin, mask, heads=heads)
+        x = tap(f"{name}.layer{i}", transformer_layer(params, x, cos, sin, mask, heads=heads))
         if keep_layer is not None and i == keep_layer - 1:
             kept = x
     return x, kept

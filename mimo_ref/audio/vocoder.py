@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from mimo_ref.audio.config import AudioTokenizerConfig
 from mimo_ref.audio.transformer import LAYER_NORM_EPS, segment_mask, transformer
 from mimo_ref.layers import Params, layer_norm, linear
+from mimo_ref.tap import tap
 
 MAX_MAGNITUDE = 1e2  # official ISTFTHead: torch.clip(exp(log_mag), max=1e2), "safeguard" against huge values
 
@@ -61,10 +62,14 @@ def istft_head(params: Params, x: jax.Array, frames: jax.Array, *, cfg: AudioTok
     """
     y = linear(params["out"], x)  # [B, T, D] -> [B, T, n_fft + 2]
     log_mag, phase = jnp.split(y, 2, axis=-1)  # [B, T, n_fft + 2] -> 2 x [B, T, n_freq]
+    tap("audio.istft.log_magnitude", log_mag)
+    tap("audio.istft.phase", phase)
     mag = jnp.minimum(jnp.exp(log_mag), MAX_MAGNITUDE)  # exp and clip in the model dtype, as officially
     # official: S = mag.float() * (cos(p).float() + 1j * sin(p).float()), complex64 whatever the model dtype
     real = mag.astype(jnp.float32) * jnp.cos(phase).astype(jnp.float32)
     imag = mag.astype(jnp.float32) * jnp.sin(phase).astype(jnp.float32)
+    tap("audio.istft.spectrum_real", real)
+    tap("audio.istft.spectrum_imag", imag)
     spec = jax.lax.complex(real, imag).transpose(0, 2, 1)  # [B, T, n_freq] -> [B, n_freq, T] complex64
     audio = istft(spec, params["istft"]["window"], frames, hop=cfg.hop_length)  # [B, n_freq, T] -> [B, T * hop]
     return audio.astype(x.dtype)  # official: audio.to(original_dtype)
@@ -80,11 +85,14 @@ def vocoder(params: Params, mel: jax.Array, lengths: jax.Array, *, cfg: AudioTok
     """
     t = mel.shape[1]
     x = linear(params["embeddings"], mel.astype(params["embeddings"]["weight"].dtype))  # [B, T, M] -> [B, T, D]
+    tap("audio.vocoder.embed", x)
     offsets = jnp.cumsum(lengths) - lengths  # [B]: packed start of each row
     positions = offsets[:, None] + jnp.arange(t)[None, :]  # [B, T]: RoPE positions do not restart per row
     mask = segment_mask(lengths, t, causal=False, window=cfg.vocoder_window)  # [B, T, T]
-    x, _ = transformer(params["layers"], x, positions, mask, heads=cfg.vocoder_heads, theta=cfg.rope_theta)
-    x = layer_norm(params["layer_norm"], x, eps=LAYER_NORM_EPS)
+    x, _ = transformer(
+        params["layers"], x, positions, mask, heads=cfg.vocoder_heads, theta=cfg.rope_theta, name="audio.vocoder"
+    )
+    x = tap("audio.vocoder.final_norm", layer_norm(params["layer_norm"], x, eps=LAYER_NORM_EPS))
     x = jnp.where((jnp.arange(t)[None, :] < lengths[:, None])[:, :, None], x, 0)  # official unpack: zero past length
     wav = istft_head(params["head"], x, jnp.max(lengths), cfg=cfg)  # [B, T, D] -> [B, T * hop]
     return wav[:, None, :]  # [B, T * hop] -> [B, 1, T * hop]
