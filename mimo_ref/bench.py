@@ -4,8 +4,8 @@
 
 - compile: ahead-of-time ``lower().compile()`` of the whole generate call (and of the prefill alone);
 - prefill: the compiled prefill on the prompt, median of ``repeats`` runs;
-- per group: ``(generate - prefill) / new_groups``, median of ``repeats`` runs of the compiled generate, so
-  compile time never enters the steady-state number;
+- per group: ``(generate(N groups) - generate(1 group)) / (N - 1)``, each the median of ``repeats`` runs of
+  an ahead-of-time compiled generate, so neither compile time nor prefill enters the steady-state number;
 - peak memory: the process's maximum resident set size (``ru_maxrss``).
 
 ``force_speech`` makes every group a speech group, the expensive case: the text head is zeroed so greedy picks id 0,
@@ -135,25 +135,34 @@ def run_bench(
         params = params | {"lm_head": {"weight": jnp.zeros_like(params["lm_head"]["weight"])}}
         special = dataclasses.replace(special, empty=0)
     prompts = [speech_prompt(cfg, special, prompt_groups, seed + b) for b in range(batch)]
-    kwargs = dict(max_new_groups=new_groups, min_new_groups=0, stop_tokens=(), key=jax.random.key(seed))
     local_sampler = sampling.task_samplers("tts")[1]
-    st, ids, pads, min_length, keys, _ = generate.prepare(
-        cfg, special, prompts, text_sampler=sampling.GREEDY, speech_sampler=local_sampler,
-        prompt_bucket=generate.PROMPT_BUCKET, **kwargs,
-    )  # fmt: skip
 
+    def compiled(groups: int):
+        st, ids, pads, min_length, keys, _ = generate.prepare(
+            cfg, special, prompts, max_new_groups=groups, min_new_groups=0, stop_tokens=(),
+            text_sampler=sampling.GREEDY, speech_sampler=local_sampler, key=jax.random.key(seed),
+            prompt_bucket=generate.PROMPT_BUCKET,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        fn = generate.generate_jit.lower(params, ids, pads, min_length, keys, st=st).compile()
+        args = (params, ids, pads, min_length, keys)
+        return fn, args, time.perf_counter() - t0, st
+
+    if new_groups < 2:
+        raise ValueError("--new-groups must be >= 2 (the per-group time is a difference of two run lengths)")
+    gen_full, args_full, compile_s, st = compiled(new_groups)
+    gen_one, args_one, _, _ = compiled(1)
     t0 = time.perf_counter()
-    gen_compiled = generate.generate_jit.lower(params, ids, pads, min_length, keys, st=st).compile()
-    compile_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    prefill_compiled = generate.prefill_jit.lower(params, ids, pads, st=st).compile()
+    prefill_compiled = generate.prefill_jit.lower(params, args_full[1], args_full[2], st=st).compile()
     prefill_compile_s = time.perf_counter() - t0
 
-    prefill_s = timed(lambda: jax.block_until_ready(prefill_compiled(params, ids, pads)), repeats)
-    new, n_new = jax.block_until_ready(gen_compiled(params, ids, pads, min_length, keys))
+    prefill_s = timed(lambda: jax.block_until_ready(prefill_compiled(params, args_full[1], args_full[2])), repeats)
+    new, n_new = jax.block_until_ready(gen_full(*args_full))
     generated = int(np.asarray(n_new).min())
-    total_s = timed(lambda: jax.block_until_ready(gen_compiled(params, ids, pads, min_length, keys)), repeats)
-    per_group = (total_s - prefill_s) / max(generated, 1)
+    total_s = timed(lambda: jax.block_until_ready(gen_full(*args_full)), repeats)
+    one_s = timed(lambda: jax.block_until_ready(gen_one(*args_one)), repeats)
+    # steady state: what the extra groups cost beyond the 1-group run (same prefill, same compile-free path)
+    per_group = (total_s - one_s) / max(generated - 1, 1)
     speech_groups = int(np.sum(np.asarray(new)[:, :generated, 0, 0] == special.empty))
     return {
         "source": source,
@@ -167,6 +176,7 @@ def run_bench(
         "prefill_compile_s": round(prefill_compile_s, 3),
         "prefill_s": round(prefill_s, 5),
         "generate_s": round(total_s, 5),
+        "generate_1_group_s": round(one_s, 5),
         "s_per_group": round(per_group, 6),
         "groups_per_s": round(1.0 / per_group, 2) if per_group > 0 else None,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
