@@ -1,0 +1,605 @@
+"""``mimo-ref verify``: every golden case of a fixture set, one table row each.
+
+A fixture set (``tests/fixtures/golden/README.md``; the bundled copy by default) holds what the official PyTorch
+implementation computed on small random-weight checkpoints. Each key of its ``expected`` files (and each prompt,
+resample output and end-to-end run) becomes one :class:`Row`; a key that no check knows fails, so a new fixture
+cannot be skipped silently. Checks and tolerances are those of the golden tests (``tests/golden/``):
+
+- ``lm/``: ``f32.*`` / ``f64.*`` / ``bf16.*`` floats by relative L2 error <= 1e-5 / 1e-6 / 3e-2; greedy
+  patch-decoder tokens and generated ids exact (length included); ``sampler.*.processed``: the same -inf entries
+  and relative L2 <= 1e-6 on the rest.
+- ``audio_tokenizer/``: floats to 1e-5 / 1e-6 / 5e-2 (bfloat16 is a loose reference), mel 1e-5, RVQ decode 1e-6,
+  codes and lengths exact.
+- ``pipeline/prompts``: text-only prompts exact; prompts with audio exact in layout (codes read back from the
+  fixture) and, built from the wavs, at least ``MIN_CODE_AGREEMENT`` of the codes (the official run encoded the
+  audio in bfloat16 on another machine, see :mod:`mimo_ref.golden_cases`).
+- ``pipeline/resample``: relative L2 <= 1e-5 and the exact length.
+- ``pipeline/expected`` end-to-end runs: teacher-forced decisions (every decision with margin > 0.05 agrees), the
+  decoded text exact, the TTS waveform within 5e-2 (bfloat16 decode) with the exact length.
+
+float64 cases run inside ``jax.enable_x64(True)``; x64 is never switched on globally. Each checkpoint is loaded
+once per dtype and run; results are shared by the rows that read them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import json
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import load_file
+
+from mimo_ref import audio, generate, golden_cases, lm, pipeline, prompts, sampling
+from mimo_ref.audio_io import load_audio_24k, resample
+from mimo_ref.text import load_text_tokenizer
+
+BUNDLED_GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "golden"
+
+DTYPES = {"f32": "float32", "f64": "float64", "bf16": "bfloat16"}
+LM_TOL = {"f32": 1e-5, "f64": 1e-6, "bf16": 3e-2}
+AUDIO_TOL = {"f32": 1e-5, "f64": 1e-6, "bf16": 5e-2}
+EXACT_RUNS = ("f32", "f64")  # runs whose integer outputs must match exactly (bf16 is a loose reference)
+LM_FLOATS = ("input_embeds", "hidden_states", "text_logits", "local_hidden_states")
+SAMPLER_TOL = 1e-6
+MEL_TOL = 1e-5
+RVQ_TOL = 1e-6
+RESAMPLE_TOL = 1e-5
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One verified case.
+
+    kind: ``float`` (max_abs = max |ours - official|, rel_err = relative L2 error, passes if rel_err <= tol),
+    ``exact`` (max_abs = number of mismatching entries, 0 to pass), ``agreement`` (max_abs = differing codes,
+    rel_err = their fraction, passes if <= tol), ``decisions`` (max_abs = confident decisions that disagree,
+    rel_err = fraction of all decisions that disagree, tol = the margin), ``text`` (max_abs = 0 if equal, else 1),
+    ``missing`` (a fixture key no check knows: fails), ``error`` (the check raised; the note holds the error).
+    NaN / None where a column does not apply.
+    """
+
+    case: str
+    kind: str
+    max_abs: float
+    rel_err: float | None
+    tol: float | None
+    passed: bool
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """A named check, run only when selected (``--only``)."""
+
+    name: str
+    run: Callable[[], Row]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Measurements
+
+
+def rel_l2(actual, expected) -> float:
+    """``||a - e|| / ||e||`` in float64 (``||e||`` = 0 counts as 1)."""
+    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    denom = np.linalg.norm(e)
+    return float(np.linalg.norm(a - e) / (denom if denom > 0 else 1.0))
+
+
+def float_row(case: str, actual, expected, tol: float, note: str = "") -> Row:
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        return Row(case, "float", math.nan, None, tol, False, f"shape {actual.shape} != official {expected.shape}")
+    err = rel_l2(actual, expected)
+    max_abs = float(np.max(np.abs(actual.astype(np.float64) - expected))) if expected.size else 0.0
+    return Row(case, "float", max_abs, err, tol, bool(err <= tol), note)
+
+
+def exact_row(case: str, actual, expected, note: str = "") -> Row:
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        return Row(case, "exact", math.nan, None, 0.0, False, f"shape {actual.shape} != official {expected.shape}")
+    wrong = int(np.sum(actual != expected))
+    if wrong and not note:
+        note = f"first mismatch at {np.argwhere(actual != expected)[0].tolist()}"
+    return Row(case, "exact", float(wrong), None, 0.0, wrong == 0, note)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A fixture set, loaded lazily: every array file, checkpoint and run is computed once per `run_all` call.
+
+
+@dataclasses.dataclass(frozen=True)
+class Golden:
+    """A fixture set at ``root`` and the memo of what was loaded or computed from it (one per ``run_all``)."""
+
+    root: Path
+    memo: dict = dataclasses.field(default_factory=dict)
+
+    def get(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    def arrays(self, relative: str) -> dict[str, np.ndarray]:
+        return self.get(f"file:{relative}", lambda: load_file(str(self.root / relative)))
+
+    def keys(self, relative: str) -> list[str]:
+        with safe_open(str(self.root / relative), framework="numpy") as f:
+            return sorted(f.keys())
+
+    @property
+    def cases_json(self) -> dict:
+        return self.get("cases", lambda: json.loads((self.root / "pipeline" / "cases.json").read_text("utf-8")))
+
+
+def x64(prefix: str):
+    return jax.enable_x64(True) if prefix == "f64" else contextlib.nullcontext()
+
+
+_lm_forward = jax.jit(lm.forward, static_argnames=("cfg", "empty_id"))
+
+
+def lm_model(g: Golden, prefix: str):
+    """(params, cfg, special) of ``lm/`` in the dtype of run ``prefix`` (use inside ``x64(prefix)``)."""
+    return g.get(f"lm:{prefix}", lambda: lm.load_lm(g.root / "lm", DTYPES[prefix]))
+
+
+def lm_run(g: Golden, prefix: str) -> dict[str, np.ndarray]:
+    """Official-style forward + greedy patch decoder on ``inputs:embeds_input_ids``, as numpy (bf16 as float32)."""
+
+    def compute():
+        with x64(prefix):
+            params, cfg, special = lm_model(g, prefix)
+            ids = jnp.asarray(g.arrays("lm/inputs.safetensors")["embeds_input_ids"])
+            embeds, hidden, logits, local_hidden = _lm_forward(params, ids, cfg=cfg, empty_id=special.empty)
+            keys = jax.random.split(jax.random.key(0), ids.shape[0])
+            tokens = lm.patch_decoder(params, local_hidden, lm.channel_sampler(sampling.GREEDY, cfg=cfg), keys, cfg=cfg)
+            out = {"input_embeds": embeds, "hidden_states": hidden, "text_logits": logits[:, None]}
+            out["local_hidden_states"] = local_hidden[:, None]
+            # bfloat16 results are compared as float32, like the official bf16 run's saved outputs
+            out = {k: np.asarray(v.astype(jnp.float32) if v.dtype == jnp.bfloat16 else v) for k, v in out.items()}
+            return out | {"local_tokens_greedy": np.asarray(tokens)}
+
+    return g.get(f"lm_run:{prefix}", compute)
+
+
+def lm_generate(g: Golden, with_stop: bool) -> np.ndarray:
+    """The official ``generate()`` with greedy samplers on ``inputs:generate_prompt`` (see the fixture README)."""
+
+    def compute():
+        params, cfg, special = lm_model(g, "f32")
+        inputs = g.arrays("lm/inputs.safetensors")
+        prompt = inputs["generate_prompt"]
+        max_new, min_length, stop_token = (int(v) for v in inputs["generate_params"])
+        prompt_groups = prompt.shape[-1] // cfg.group_size
+        result = generate.generate(
+            params,
+            cfg,
+            special,
+            prompt,
+            max_new_groups=max_new,
+            min_new_groups=max(0, min_length - prompt_groups) if with_stop else 0,  # official min_length counts it
+            stop_tokens=[stop_token] if with_stop else [],
+        )
+        return result.sequence(0)
+
+    return g.get(f"generate:{with_stop}", compute)
+
+
+def lm_float_row(g: Golden, key: str, name: str) -> Row:
+    prefix, rest = key.split(".", 1)
+    return float_row(name, lm_run(g, prefix)[rest], g.arrays("lm/expected.safetensors")[key], LM_TOL[prefix])
+
+
+def lm_tokens_row(g: Golden, key: str, name: str) -> Row:
+    prefix = key.split(".", 1)[0]
+    return exact_row(name, lm_run(g, prefix)["local_tokens_greedy"], g.arrays("lm/expected.safetensors")[key])
+
+
+def generate_row(g: Golden, key: str, name: str) -> Row:
+    got, want = lm_generate(g, with_stop=key == "generate_greedy_ids"), g.arrays("lm/expected.safetensors")[key]
+    note = f"{got.shape[1]} columns, official {want.shape[1]}" if got.shape != want.shape else ""
+    return exact_row(name, got, want, note)
+
+
+def lm_cases(g: Golden) -> list[Case]:
+    cases = []
+    for key in g.keys("lm/expected.safetensors"):
+        name = f"lm/{key}"
+        head, _, rest = key.partition(".")
+        if head in DTYPES and rest in LM_FLOATS:
+            check = lm_float_row
+        elif head in EXACT_RUNS and rest == "local_tokens_greedy":
+            check = lm_tokens_row
+        elif key in ("generate_greedy_ids_nostop", "generate_greedy_ids"):
+            check = generate_row
+        elif re.fullmatch(r"sampler\.\w+\.processed", key):
+            check = sampler_row
+        else:
+            check = missing_row
+        cases.append(Case(name, functools.partial(check, g, key, name)))
+    return cases
+
+
+def sampler_row(g: Golden, key: str, name: str) -> Row:
+    index, want = key.split(".")[1], g.arrays("lm/expected.safetensors")[key]
+    inputs = g.arrays("lm/inputs.safetensors")
+    temperature, top_k, top_p = (float(v) for v in inputs[f"sampler.{index}.params"])  # -1 = unset
+    sampler = sampling.SamplerConfig(
+        do_sample=True,
+        temperature=None if temperature == -1 else temperature,
+        top_k=None if top_k == -1 else int(top_k),
+        top_p=None if top_p == -1 else top_p,
+    )
+    got = np.asarray(sampling.process_logits(jnp.asarray(inputs["sampler_scores"]), sampler))
+    if got.shape != want.shape:
+        return Row(name, "float", math.nan, None, SAMPLER_TOL, False, f"shape {got.shape} != official {want.shape}")
+    pattern = int(np.sum(np.isneginf(got) != np.isneginf(want)))
+    finite = ~np.isneginf(want)
+    row = float_row(name, got[finite], want[finite], SAMPLER_TOL)
+    if pattern:
+        return dataclasses.replace(row, passed=False, note=f"{pattern} entries differ in being -inf")
+    return row
+
+
+def missing_row(g: Golden, key: str, name: str) -> Row:
+    return Row(name, "missing", math.nan, None, None, False, "no check knows this fixture key")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Audio tokenizer
+
+
+def audio_model(g: Golden, prefix: str):
+    """(params, cfg) of ``audio_tokenizer/`` in the dtype of run ``prefix`` (use inside ``x64(prefix)``)."""
+    return g.get(f"audio:{prefix}", lambda: audio.load_audio_tokenizer(g.root / "audio_tokenizer", DTYPES[prefix]))
+
+
+def audio_encode(g: Golden, prefix: str, what: str):
+    """EncodeResult of one segment (``what`` = its index) or of all segments packed (``what`` = "packed")."""
+
+    def compute():
+        exp = g.arrays("audio_tokenizer/expected.safetensors")
+        if what == "packed":
+            lens = [int(n) for n in g.arrays("audio_tokenizer/inputs.safetensors")["packed.lens"]]
+            mels = np.concatenate([exp[f"mel.{i}"] for i in range(len(lens))], axis=0)  # S x [T_i, M] -> [T, M]
+        else:
+            mels = exp[f"mel.{what}"]  # the official mel of that wave, as get_features was fed
+            lens = [mels.shape[0]]
+        with x64(prefix):
+            params, cfg = audio_model(g, prefix)
+            return audio.encode(params, mels, lens, cfg=cfg)
+
+    return g.get(f"encode:{prefix}:{what}", compute)
+
+
+def audio_decode(g: Golden, prefix: str):
+    def compute():
+        inputs = g.arrays("audio_tokenizer/inputs.safetensors")
+        # the bf16 run has no codes of its own in inputs: it decoded the float32 run's codes
+        codes = inputs.get(f"{prefix}.decode.codes", inputs["f32.decode.codes"])
+        with x64(prefix):
+            params, cfg = audio_model(g, prefix)
+            return audio.decode(params, codes, cfg=cfg), codes.shape[1] * cfg.samples_per_code
+
+    return g.get(f"decode:{prefix}", compute)
+
+
+ENCODE_KEY = re.compile(r"(\w+)\.(?:single\.(\d+)|packed)\.(codes|output_length|features|quantized)")
+ENCODE_FIELD = {"codes": "codes", "output_length": "lengths", "features": "features", "quantized": "quantized"}
+
+
+def audio_expected(g: Golden, key: str) -> np.ndarray:
+    return g.arrays("audio_tokenizer/expected.safetensors")[key]
+
+
+def mel_row(g: Golden, key: str, name: str) -> Row:
+    _, cfg = audio_model(g, "f32")
+    wave = g.arrays("audio_tokenizer/inputs.safetensors")[key.replace("mel.", "wave.")]
+    return float_row(name, audio.log_mel(wave, cfg, sample_rate=cfg.sampling_rate), audio_expected(g, key), MEL_TOL)
+
+
+def encode_row(g: Golden, key: str, name: str) -> Row:
+    """``{prefix}.single.{i}.*`` (segment i alone) or ``{prefix}.packed.*`` (all segments in one call)."""
+    prefix, index, out = ENCODE_KEY.fullmatch(key).groups()
+    got = getattr(audio_encode(g, prefix, "packed" if index is None else index), ENCODE_FIELD[out])
+    if out in ("features", "quantized"):
+        return float_row(name, got, audio_expected(g, key), AUDIO_TOL[prefix])
+    return exact_row(name, got, audio_expected(g, key))
+
+
+def rvq_row(g: Golden, key: str, name: str) -> Row:
+    params, _ = audio_model(g, "f32")
+    vq = params["encoder"]["quantizer"]["vq"]
+    want_codes = audio_expected(g, "rvq.codes")
+    x = g.arrays("audio_tokenizer/inputs.safetensors")["rvq.x"]
+    codes = audio.rvq_encode(vq, x, n_q=want_codes.shape[0])  # [N, D] -> [Q, N]
+    if key == "rvq.codes":
+        return exact_row(name, codes, want_codes)
+    return float_row(name, audio.rvq_decode(vq, codes), audio_expected(g, key), RVQ_TOL)
+
+
+def decode_row(g: Golden, key: str, name: str) -> Row:
+    prefix, _, out = key.split(".")
+    result, samples = audio_decode(g, prefix)
+    row = float_row(name, getattr(result, out), audio_expected(g, key), AUDIO_TOL[prefix])
+    if out == "wav" and result.wav.shape[-1] != samples:
+        return dataclasses.replace(row, passed=False, note=f"{result.wav.shape[-1]} samples != {samples}")
+    return row
+
+
+def audio_cases(g: Golden) -> list[Case]:
+    cases = []
+    for key in g.keys("audio_tokenizer/expected.safetensors"):
+        name = f"audio_tokenizer/{key}"
+        encode_key = ENCODE_KEY.fullmatch(key)
+        decode_key = re.fullmatch(r"(\w+)\.decode\.(vq|coarse_mel|wav)", key)
+        if re.fullmatch(r"mel\.\d+", key):
+            check = mel_row
+        elif encode_key and encode_key[1] in DTYPES:
+            # integer outputs (codes, lengths) are required only of the exact runs; none exist for bf16
+            exact = encode_key[3] in ("codes", "output_length")
+            check = encode_row if not exact or encode_key[1] in EXACT_RUNS else missing_row
+        elif key in ("rvq.codes", "rvq.decoded"):
+            check = rvq_row
+        elif decode_key and decode_key[1] in DTYPES:
+            check = decode_row
+        else:
+            check = missing_row
+        cases.append(Case(name, functools.partial(check, g, key, name)))
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pipeline: prompts, resampling, end-to-end runs
+
+
+def prompt_context(g: Golden) -> prompts.PromptContext:
+    return g.get("ctx", lambda: prompts.load_prompt_context(g.root / "lm"))
+
+
+def wav_codes(g: Golden) -> dict[str, np.ndarray]:
+    """Codes of both fixture wavs, made as the official pipeline makes them (first C codes, padded to G)."""
+
+    def compute():
+        params, cfg = audio_model(g, "f32")
+        ctx = prompt_context(g)
+        out = {}
+        for arg, file_key in (("W24", "wav_24k"), ("W16", "wav_16k")):
+            wave, _ = load_audio_24k(g.root / "pipeline" / g.cases_json["inputs"][file_key])
+            codes = np.asarray(audio.wav_to_codes(params, cfg, wave, ctx.audio_channels))
+            out[arg] = prompts.pad_codes_to_group(codes, ctx.group_size)
+        return out
+
+    return g.get("wav_codes", compute)
+
+
+def prompt_layout_row(g: Golden, key: str, name: str) -> Row:
+    """The official call of prompt ``key`` (audio codes read back from the fixture): every id exact."""
+    want = g.arrays("pipeline/prompts.safetensors")[key]
+    templates = g.cases_json["templates_used"][key]
+    prompt = golden_cases.official_prompt(key, prompt_context(g), want, templates)
+    row = exact_row(name, prompt.input_ids, want)
+    if prompt.templates != tuple(templates):
+        return dataclasses.replace(row, passed=False, note=f"templates {prompt.templates} != official {templates}")
+    if key in golden_cases.AUDIO_CASES and not row.note:
+        return dataclasses.replace(row, note="layout, codes from the fixture")
+    return row
+
+
+def prompt_from_wav_row(g: Golden, key: str, name: str) -> Row:
+    """The official call of prompt ``key`` on codes made here from the wavs: non-code ids exact, codes mostly."""
+    ctx = prompt_context(g)
+    codes = wav_codes(g)
+    args = {arg: codes[wav] for arg, wav in golden_cases.AUDIO_CASES[key]}
+    got = golden_cases.audio_call(key, ctx, args, g.cases_json["templates_used"][key]).input_ids
+    want = g.arrays("pipeline/prompts.safetensors")[key]
+    tol = 1 - golden_cases.MIN_CODE_AGREEMENT  # allowed fraction of differing codes
+    if got.shape != want.shape:
+        return Row(name, "agreement", math.nan, None, tol, False, f"shape {got.shape} != official {want.shape}")
+    is_code = want[1:] != np.asarray(ctx.speech_empty_ids)[:, None]  # [C, L] positions holding audio codes
+    other = int(np.sum(got[0] != want[0])) + int(np.sum(got[1:][~is_code] != want[1:][~is_code]))
+    differing = int(np.sum(got[1:][is_code] != want[1:][is_code]))
+    disagree = 1 - golden_cases.code_agreement(got, want, ctx)
+    note = f"{1 - disagree:.1%} of codes agree (official encode in bf16)"
+    if other:
+        note = f"{other} non-code ids differ; {note}"
+    return Row(name, "agreement", float(differing), disagree, tol, other == 0 and disagree <= tol, note)
+
+
+def prompt_cases(g: Golden) -> list[Case]:
+    cases = []
+    for key in g.keys("pipeline/prompts.safetensors"):
+        name = f"pipeline/prompts/{key}"
+        known = key in golden_cases.TEXT_CASES or key in golden_cases.AUDIO_CASES
+        cases.append(Case(name, functools.partial(prompt_layout_row if known else missing_row, g, key, name)))
+        if key in golden_cases.AUDIO_CASES:
+            cases.append(
+                Case(f"{name} [from wav]", functools.partial(prompt_from_wav_row, g, key, f"{name} [from wav]"))
+            )
+    return cases
+
+
+def resample_row(g: Golden, key: str, name: str) -> Row:
+    arrays = g.arrays("pipeline/resample.safetensors")
+    source, target = re.fullmatch(r"out_(\w+?)_to_(\w+)", key).groups()
+    out = resample(arrays[f"in_{source}"], parse_rate(source), parse_rate(target))
+    return float_row(name, out, arrays[key], RESAMPLE_TOL)  # a length difference fails as a shape difference
+
+
+def parse_rate(text: str) -> int:
+    """Rates in resample fixture names: "16k" -> 16000, "44k1" -> 44100, "22k05" -> 22050."""
+    m = re.fullmatch(r"(\d+)k(\d*)", text)
+    if not m:
+        raise ValueError(f"unrecognised rate {text!r} in a resample fixture name")
+    whole, frac = m.groups()
+    return int(whole) * 1000 + (int(frac) * 10 ** (3 - len(frac)) if frac else 0)
+
+
+def resample_cases(g: Golden) -> list[Case]:
+    cases = []
+    for key in g.keys("pipeline/resample.safetensors"):
+        if key.startswith("in_"):
+            continue  # inputs
+        name = f"pipeline/resample/{key}"
+        check = resample_row if re.fullmatch(r"out_(\w+?)_to_(\w+)", key) else missing_row
+        cases.append(Case(name, functools.partial(check, g, key, name)))
+    return cases
+
+
+def e2e_run(g: Golden, run: str) -> tuple[dict, np.ndarray, np.ndarray]:
+    """(cases.json spec, official prompt + generated ids ``[C+1, L]``, the prompt ``[C+1, P]`` it ran from)."""
+    spec = g.cases_json["runs"][run]
+    ids = g.arrays("pipeline/expected.safetensors")[f"{run}.generated_ids"]
+    return spec, ids, g.arrays("pipeline/prompts.safetensors")[spec["task"]]
+
+
+def decisions_row(g: Golden, run: str, name: str) -> Row:
+    """Teacher-forced decisions of the official greedy run (see :func:`golden_cases.teacher_forced_decisions`)."""
+    spec, ids, prompt = e2e_run(g, run)
+    params, cfg, special = lm_model(g, "f32")
+    tau = golden_cases.DECISION_MARGIN
+    problems = []
+    if not np.array_equal(ids[:, : prompt.shape[1]], prompt):
+        problems.append(f"the run does not start with prompt `{spec['task']}`")
+    if (ids.shape[1] - prompt.shape[1]) // cfg.group_size > spec["max_new_tokens"]:
+        problems.append("more groups than max_new_tokens")
+    d = golden_cases.teacher_forced_decisions(params, cfg, special, ids, prompt.shape[1])
+    confident = float(np.mean(d.confident(tau)))
+    if confident < golden_cases.MIN_CONFIDENT_FRACTION:
+        problems.append(f"only {confident:.0%} of decisions have margin > {tau}")
+    violations = d.violations(tau).size
+    note = "; ".join([*problems, d.summary(tau)])
+    return Row(
+        name, "decisions", float(violations), float(np.mean(~d.agree)), tau, violations == 0 and not problems, note
+    )
+
+
+def text_tokenizer(g: Golden):
+    return g.get("tokenizer", lambda: load_text_tokenizer(g.root / "lm"))
+
+
+def e2e_text_row(g: Golden, run: str, name: str) -> Row:
+    """The official ``forward()`` text of the run, decoded here from the official ids: exact."""
+    spec, ids, prompt = e2e_run(g, run)
+    _, cfg, _ = lm_model(g, "f32")
+    text, _ = pipeline.decode_outputs(ids, prompt.shape[1], tokenizer=text_tokenizer(g), cfg=cfg, audio=None)
+    same = text == spec["text"]
+    note = "" if same else f"decoded {text!r} != official {spec['text']!r}"
+    return Row(name, "text", 0.0 if same else 1.0, None, 0.0, same, note)
+
+
+def e2e_wav_row(g: Golden, run: str, name: str) -> Row:
+    """The speech span of the official ids decoded by this port's float32 tokenizer vs the official waveform."""
+    _, ids, prompt = e2e_run(g, run)
+    _, cfg, _ = lm_model(g, "f32")
+    tokenizer = audio_model(g, "f32")
+    _, wav = pipeline.decode_outputs(ids, prompt.shape[1], tokenizer=text_tokenizer(g), cfg=cfg, audio=tokenizer)
+    want = g.arrays("pipeline/expected.safetensors")[f"{run}.wav"]
+    return float_row(name, wav, want, golden_cases.WAV_TOL, "official decode in bf16")  # lengths must be equal
+
+
+def e2e_cases(g: Golden) -> list[Case]:
+    cases = []
+    known = set()
+    expected_keys = g.keys("pipeline/expected.safetensors")
+    for run in sorted(g.cases_json["runs"]):
+        name = f"pipeline/expected/{run}.generated_ids"
+        cases.append(Case(name, functools.partial(decisions_row, g, run, name)))
+        name = f"pipeline/cases/{run}.text"
+        cases.append(Case(name, functools.partial(e2e_text_row, g, run, name)))
+        if f"{run}.wav" in expected_keys:
+            name = f"pipeline/expected/{run}.wav"
+            cases.append(Case(name, functools.partial(e2e_wav_row, g, run, name)))
+        known |= {f"{run}.generated_ids", f"{run}.wav"}
+    for key in expected_keys:
+        if key not in known:
+            name = f"pipeline/expected/{key}"
+            cases.append(Case(name, functools.partial(missing_row, g, key, name)))
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def resolve_golden_dir(golden_dir: str | Path | None) -> Path:
+    root = BUNDLED_GOLDEN if golden_dir is None else Path(golden_dir).resolve()
+    if golden_dir is None and not root.is_dir():
+        raise FileNotFoundError(
+            f"the bundled golden fixtures are missing ({root}); run from a source checkout or pass --golden-dir"
+        )
+    for part in ("lm/expected.safetensors", "audio_tokenizer/expected.safetensors", "pipeline/cases.json"):
+        if not (root / part).is_file():
+            raise FileNotFoundError(f"{root} is not a golden fixture set: {part} is missing")
+    return root
+
+
+def all_cases(golden: Golden) -> list[Case]:
+    return [*lm_cases(golden), *audio_cases(golden), *prompt_cases(golden), *resample_cases(golden), *e2e_cases(golden)]
+
+
+def run_all(golden_dir: str | Path | None = None, only: str | None = None) -> list[Row]:
+    """Run every golden case (or those whose name contains ``only``) -> one :class:`Row` per case, in order.
+
+    A case that raises becomes a failed row whose note holds the error.
+    """
+    golden = Golden(resolve_golden_dir(golden_dir))
+    cases = [c for c in all_cases(golden) if only is None or only in c.name]
+    if not cases:
+        raise ValueError(f"no golden case name contains {only!r}")
+    rows = []
+    for case in cases:
+        try:
+            rows.append(case.run())
+        except Exception as exc:  # reported in the table, never skipped
+            rows.append(Row(case.name, "error", math.nan, None, None, False, f"{type(exc).__name__}: {exc}"))
+    return rows
+
+
+def format_number(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2e}"
+
+
+def tol_text(row: Row) -> str:
+    if row.kind in ("exact", "text"):
+        return "exact"
+    if row.kind == "decisions":
+        return f"margin>{row.tol:g}"
+    if row.kind == "agreement":
+        return f"{row.tol:.2f}"
+    return format_number(row.tol)
+
+
+def max_abs_text(row: Row) -> str:
+    if row.kind in ("exact", "text", "agreement", "decisions"):  # counts of mismatches
+        return "-" if math.isnan(row.max_abs) else str(int(row.max_abs))
+    return format_number(row.max_abs)
+
+
+def format_table(rows: list[Row]) -> str:
+    """Aligned columns: case | max abs | rel err | tol | result | note."""
+    header = ("case", "max abs", "rel err", "tol", "result", "note")
+    body = [
+        (r.case, max_abs_text(r), format_number(r.rel_err), tol_text(r), "pass" if r.passed else "FAIL", r.note)
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header) - 1)]
+    lines = []
+    for line in [header, *body]:
+        cells = [cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, line[-1]]).rstrip())
+    return "\n".join(lines)
