@@ -184,8 +184,13 @@ def lm_config_from_dict(data: dict[str, Any], path: Path = Path("config.json")) 
     # official: input_local_dim = config.input_local_dim or local_dim (null means "same as local_dim")
     input_local_dim = f("input_local_dim", (int, type(None)), None) or local_dim
     for name, width in (("local_dim", local_dim), ("input_local_dim", input_local_dim)):
-        if width % local_heads:
-            raise ConfigError(f"{path}: `{name}` ({width}) is not divisible by `local_attn_heads` ({local_heads})")
+        if width % local_heads or (width // local_heads) % 2:
+            raise ConfigError(
+                f"{path}: `{name}` ({width}) must be `local_attn_heads` ({local_heads}) times an even head dim "
+                "(RoPE rotates pairs of dimensions)"
+            )
+    if backbone.head_dim % 2:
+        raise ConfigError(f"{path}: `head_dim` ({backbone.head_dim}) must be even (RoPE rotates pairs of dimensions)")
     local = QwenStackConfig(
         hidden_size=local_dim,
         num_layers=f("local_layers", int),

@@ -83,8 +83,10 @@ class AudioTokenizerConfig:
 
     @property
     def samples_per_code(self) -> int:
-        """Waveform samples per code frame: ``hop * stride * avg_pooler`` (240 * 2 * 2 = 960 at 24 kHz)."""
-        return self.hop_length * self.stride_size * self.avg_pooler
+        """Waveform samples the decoder makes per code frame: ``hop * avg_pooler * decoder_stride_size``
+        (240 * 2 * 2 = 960 at 24 kHz; the encoder consumes ``hop * stride_size * avg_pooler``, equal for the real
+        settings)."""
+        return self.hop_length * self.avg_pooler * self.decoder_stride_size
 
     def encoder_output_length(self, mel_frames: int) -> int:
         """Frames after the conv stem: official ``get_output_length`` (conv1 pad 1, conv2 pad 1 stride s)."""

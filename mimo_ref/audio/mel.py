@@ -151,6 +151,8 @@ def log_mel(wave, cfg: AudioTokenizerConfig, *, sample_rate: int) -> jax.Array:
     bucket = bucket_length(frames)
     centered = np.pad(array.astype(dtype), (pad, pad), mode="reflect")  # [samples] -> [samples + 2 pad]
     total = (bucket - 1) * cfg.hop_length + cfg.nfft
-    padded = np.pad(centered, (0, total - centered.shape[0]))  # zero tail up to the bucket's frames
+    # zero tail up to the bucket's frames; when the bucket is exactly T frames the centered wave can be longer
+    # than they read, so cut it (samples past the last frame's window are never used)
+    padded = np.pad(centered, (0, max(0, total - centered.shape[0])))[:total]
     mel = log_mel_spectrogram(jnp.asarray(padded), cfg=cfg, frames=bucket)[:frames]  # [Tb, M] -> [T, M]
     return tap("audio.mel", mel)

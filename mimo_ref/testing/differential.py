@@ -40,24 +40,49 @@ def case_items(case: Any) -> list[tuple[str, Any]]:
     return [("case", case)]
 
 
+MAX_INLINE_LEAVES = 8  # containers with more array leaves (e.g. a params pytree) are summarised
+
+
+def is_array(value: Any) -> bool:
+    return isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, np.generic)
+
+
 def describe(value: Any) -> str:
-    """A one-line description of a drawn value: arrays by dtype, shape, range (and values when small)."""
-    if isinstance(value, (np.ndarray, jax.Array)) and not isinstance(value, np.generic):
+    """A one-line description of a drawn value: arrays by dtype, shape, range (and values when small); containers
+    of many arrays (a params pytree) by their size; anything else by ``repr``."""
+    if is_array(value):
         array = np.asarray(value)
         head = f"{array.dtype}{list(array.shape)}"
         if array.size == 0:
             return head
         if array.size <= MAX_SHOWN_VALUES:
-            return f"{head} {np.array2string(array.reshape(-1), precision=6, separator=', ')}"
+            values = np.array2string(array.reshape(-1), precision=6, separator=", ", max_line_width=10**6)
+            return f"{head} {values}"
         if np.issubdtype(array.dtype, np.number):
             return f"{head} min {array.min():.6g} max {array.max():.6g}"
         return head
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, (list, tuple)) and any(isinstance(v, (np.ndarray, jax.Array, dict)) for v in value):
-        inner = ", ".join(describe(v) for v in value)
-        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    if isinstance(value, (dict, list, tuple)):
+        leaves = jax.tree_util.tree_leaves(value)
+        if any(is_array(leaf) for leaf in leaves):
+            if len(leaves) > MAX_INLINE_LEAVES:
+                dtypes = sorted({str(np.asarray(leaf).dtype) for leaf in leaves if is_array(leaf)})
+                size = sum(int(np.size(leaf)) for leaf in leaves)
+                return f"pytree of {len(leaves)} leaves ({'/'.join(dtypes)}, {size} values)"
+            if isinstance(value, dict):
+                return "{" + ", ".join(f"{k!r}: {describe(v)}" for k, v in value.items()) + "}"
+            inner = ", ".join(describe(v) for v in value)
+            return f"[{inner}]" if isinstance(value, list) else f"({inner})"
     return repr(value)
+
+
+class Drawn:
+    """A drawn case with a short ``repr``, so Hypothesis's own "Falsifying example" line stays readable."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "; ".join(f"{name}={describe(v)}" for name, v in case_items(self.value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +91,11 @@ class Mismatch:
 
     path: str  # e.g. "output[1]['logits']"
     detail: str
+
+
+def widen(array: np.ndarray) -> np.ndarray:
+    """float64 (complex128 for complex values) copy, so errors are measured above the compared precision."""
+    return array.astype(np.complex128 if np.iscomplexobj(array) else np.float64)
 
 
 def leaf_mismatch(path: str, ref: Any, cand: Any, rtol: float, atol: float | None) -> Mismatch | None:
@@ -85,15 +115,13 @@ def leaf_mismatch(path: str, ref: Any, cand: Any, rtol: float, atol: float | Non
         return Mismatch(
             path,
             f"{int(bad.sum())} of {bad.size} values differ; first at index {index}: "
-            f"candidate {cand_a[index]!r}, reference {ref_a[index]!r}",
+            f"candidate {cand_a[index].item()!r}, reference {ref_a[index].item()!r}",
         )
-    ref64, cand64 = (
-        ref_a.astype(np.complex128 if np.iscomplexobj(ref_a) else np.float64),
-        cand_a.astype(np.complex128 if np.iscomplexobj(cand_a) else np.float64),
-    )
+    ref64, cand64 = widen(ref_a), widen(cand_a)
     finite = np.isfinite(ref64)
-    if not np.array_equal(finite, np.isfinite(cand64)) or not np.array_equal(ref64[~finite], cand64[~finite]):
-        bad = (finite != np.isfinite(cand64)) | (~finite & (ref64 != cand64))
+    same_special = np.isnan(ref64) & np.isnan(cand64) | (ref64 == cand64)  # NaN matches NaN, inf matches inf
+    if not np.array_equal(finite, np.isfinite(cand64)) or not same_special[~finite].all():
+        bad = (finite != np.isfinite(cand64)) | (~finite & ~same_special)
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         return Mismatch(
             path,
@@ -101,7 +129,8 @@ def leaf_mismatch(path: str, ref: Any, cand: Any, rtol: float, atol: float | Non
         )
     scale = float(np.max(np.abs(ref64[finite]))) if finite.any() else 0.0
     abs_tol = rtol * scale if atol is None else atol
-    err = np.where(finite, np.abs(cand64 - ref64), 0.0)
+    with np.errstate(invalid="ignore"):  # inf - inf at the (matching) non-finite entries, masked out
+        err = np.where(finite, np.abs(cand64 - ref64), 0.0)
     allowed = abs_tol + rtol * np.abs(np.where(finite, ref64, 0.0))
     bad = err > allowed
     if not bad.any():
@@ -117,7 +146,7 @@ def leaf_mismatch(path: str, ref: Any, cand: Any, rtol: float, atol: float | Non
 
 
 def first_mismatch(ref: Any, cand: Any, rtol: float, atol: float | None) -> Mismatch | None:
-    """Compare two output pytrees (tuples, lists, dicts, dataclass-free containers of arrays/scalars)."""
+    """Compare two output pytrees (any JAX pytree: tuples, lists, dicts of arrays and scalars), leaf by leaf."""
     ref_leaves, ref_tree = jax.tree_util.tree_flatten_with_path(ref)
     cand_leaves, cand_tree = jax.tree_util.tree_flatten_with_path(cand)
     if ref_tree != cand_tree:
@@ -154,7 +183,8 @@ def differential(
     """
     counter = itertools.count(1)
 
-    def check(case):
+    def check(drawn: Drawn):
+        case = drawn.value
         number = next(counter)
         ref = call(reference_fn, case)
         try:
@@ -170,7 +200,7 @@ def differential(
         overrides["max_examples"] = max_examples
     if not shrink:
         overrides["phases"] = (Phase.explicit, Phase.reuse, Phase.generate)
-    settings(**overrides)(given(strategy)(check))()
+    settings(**overrides)(given(strategy.map(Drawn))(check))()
 
 
 def failure_message(number: int, case: Any, what: str, rtol: float, atol: float | None) -> str:

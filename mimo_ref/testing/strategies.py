@@ -471,17 +471,21 @@ def make_waveform(num_samples: int, seed: int, *, sample_rate: int) -> np.ndarra
 def waveforms(draw, cfg: AudioTokenizerConfig, *, max_frames: int = 64) -> np.ndarray:
     """A float32 wave at ``cfg.sampling_rate`` giving 2..``max_frames`` mel frames (``samples // hop + 1``).
 
+    Corners are drawn on purpose: the fewest and the most frames, and lengths that are a multiple of the hop, one
+    sample past it or one sample short of the next (a frame count is reached by up to ``hop`` different lengths).
     The shortest waves are just above ``n_fft // 2`` samples (the centered STFT's reflect padding needs more).
     """
-    low = cfg.nfft // 2 + 1
-    high = max_frames * cfg.hop_length - 1  # samples // hop + 1 <= max_frames
-    num_samples = draw(st.integers(low, max(low, high)))
+    hop = cfg.hop_length
+    frames = draw(st.sampled_from([2, max_frames]) | st.integers(2, max_frames))
+    offset = draw(st.sampled_from([0, 1, hop - 1]) | st.integers(0, hop - 1))  # samples past (frames - 1) * hop
+    num_samples = max(cfg.nfft // 2 + 1, (frames - 1) * hop + offset)
     return make_waveform(num_samples, draw(seeds()), sample_rate=cfg.sampling_rate)
 
 
-def mel_lengths(*, max_frames: int = 64, max_segments: int = 3) -> st.SearchStrategy[list[int]]:
-    """Mel-frame lengths of 1..``max_segments`` packed segments (odd and even, equal and unequal, 1 frame)."""
-    return st.lists(st.integers(1, max_frames), min_size=1, max_size=max_segments)
+def mel_lengths(*, max_frames: int = 64, min_segments: int = 1, max_segments: int = 3) -> st.SearchStrategy[list[int]]:
+    """Mel-frame lengths of packed segments (odd and even, equal and unequal, down to 1 frame). A fixed number of
+    segments (``min_segments == max_segments``) keeps the encoder's batch shape, hence its compile, fixed."""
+    return st.lists(st.integers(1, max_frames), min_size=min_segments, max_size=max_segments)
 
 
 def make_mels(cfg: AudioTokenizerConfig, frames: int, seed: int) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import hypothesis
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,3 +74,10 @@ def assert_close(actual, expected, rtol: float, what: str) -> None:
     """``rel_err <= rtol`` with a message naming what was compared."""
     err = rel_err(actual, expected)
     assert err <= rtol, f"{what}: relative error {err:.3e} > {rtol:.1e}"
+
+
+def event(label: str) -> None:
+    """``hypothesis.event`` (statistics with ``--hypothesis-show-statistics``), a no-op when a property is called
+    directly on one example (``test.hypothesis.inner_test(...)``)."""
+    if hypothesis.currently_in_test_context():
+        hypothesis.event(label)
