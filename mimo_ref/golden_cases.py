@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from mimo_ref import lm, sampling
+from mimo_ref import generate, lm, sampling
 from mimo_ref import prompts as P
 from mimo_ref.config import LMConfig, SpecialTokens
 
@@ -330,3 +330,22 @@ def teacher_forced_decisions(
         official=np.asarray(rows["official"], np.int64),
         margin=np.asarray(rows["margin"], np.float64),
     )
+
+
+def fixture_generate(params, cfg, special, inputs: dict, *, with_stop: bool) -> np.ndarray:
+    """The official ``generate()`` run of the ``lm/`` fixtures: greedy samplers on ``generate_prompt`` with
+    ``generate_params = (max_new_groups, min_length, stop_token)``; ``min_length`` counts the prompt's groups.
+    Without ``with_stop`` no stop token is given (``generate_greedy_ids_nostop``). -> ids ``[C+1, T_total*G]``."""
+    prompt = inputs["generate_prompt"]
+    max_new, min_length, stop_token = (int(v) for v in inputs["generate_params"])
+    prompt_groups = prompt.shape[-1] // cfg.group_size
+    result = generate.generate(
+        params,
+        cfg,
+        special,
+        prompt,
+        max_new_groups=max_new,
+        min_new_groups=max(0, min_length - prompt_groups) if with_stop else 0,
+        stop_tokens=[stop_token] if with_stop else [],
+    )
+    return result.sequence(0)

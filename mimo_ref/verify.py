@@ -39,7 +39,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from mimo_ref import audio, generate, golden_cases, lm, pipeline, prompts, sampling
+from mimo_ref import audio, golden_cases, lm, pipeline, prompts, sampling
 from mimo_ref.audio_io import load_audio_24k, resample
 from mimo_ref.text import load_text_tokenizer
 
@@ -179,20 +179,9 @@ def lm_generate(g: Golden, with_stop: bool) -> np.ndarray:
 
     def compute():
         params, cfg, special = lm_model(g, "f32")
-        inputs = g.arrays("lm/inputs.safetensors")
-        prompt = inputs["generate_prompt"]
-        max_new, min_length, stop_token = (int(v) for v in inputs["generate_params"])
-        prompt_groups = prompt.shape[-1] // cfg.group_size
-        result = generate.generate(
-            params,
-            cfg,
-            special,
-            prompt,
-            max_new_groups=max_new,
-            min_new_groups=max(0, min_length - prompt_groups) if with_stop else 0,  # official min_length counts it
-            stop_tokens=[stop_token] if with_stop else [],
+        return golden_cases.fixture_generate(
+            params, cfg, special, g.arrays("lm/inputs.safetensors"), with_stop=with_stop
         )
-        return result.sequence(0)
 
     return g.get(f"generate:{with_stop}", compute)
 

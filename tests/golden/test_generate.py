@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mimo_ref import generate, lm, sampling
+from mimo_ref import golden_cases, lm, sampling
 from tests.golden_utils import assert_close, load_arrays
 
 
@@ -25,21 +25,7 @@ def fixtures(golden_dir):
 
 def run_official_style(fixtures, with_stop: bool) -> np.ndarray:
     inputs, _, params, cfg, special = fixtures
-    prompt = inputs["generate_prompt"]
-    max_new, min_length, stop_token = (int(v) for v in inputs["generate_params"])
-    prompt_groups = prompt.shape[-1] // cfg.group_size
-    result = generate.generate(
-        params,
-        cfg,
-        special,
-        prompt,
-        max_new_groups=max_new,
-        # official min_length counts the prompt's groups
-        min_new_groups=max(0, min_length - prompt_groups) if with_stop else 0,
-        stop_tokens=[stop_token] if with_stop else [],
-    )
-    assert result.ids.shape[0] == 1
-    return result.sequence(0)
+    return golden_cases.fixture_generate(params, cfg, special, inputs, with_stop=with_stop)
 
 
 def test_generate_greedy_ids_nostop(fixtures):
