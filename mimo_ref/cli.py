@@ -22,7 +22,7 @@ EXAMPLES = {
     "chat": 'mimo-ref chat "Tell me about MiMo-Audio"',
     "s2s": "mimo-ref s2s 'Convert the voice' --example in.wav 'The transcript.' out.wav input.wav -o converted.wav",
     "verify": "mimo-ref verify --golden-dir tests/fixtures/golden",
-    "bench": "mimo-ref bench --preset small --prompt-groups 32 --new-groups 32",
+    "bench": "mimo-ref bench --preset small --random-weights --prompt-groups 32 --new-groups 32",
     "dump": "mimo-ref dump --audio speech.wav --text 'Hello' -o ref.safetensors",
     "compare": "mimo-ref compare ref.safetensors candidate.safetensors --rtol 1e-5",
 }
@@ -192,11 +192,9 @@ def cmd_bench(args) -> int:
         raise CliError("--random-weights needs --preset (7b or small)")
     if args.preset is not None and not args.random_weights:
         raise CliError("--preset builds a model with random weights: add --random-weights")
-    model = (
-        None
-        if args.preset
-        else (args.model or str(Path(__file__).resolve().parents[1] / "weights" / "mimo_audio_tiny"))
-    )
+    from mimo_ref.pipeline import BUNDLED_LM
+
+    model = None if args.preset else str(args.model or BUNDLED_LM)
     result = bench.run_bench(
         model=model,
         preset=args.preset,
