@@ -105,6 +105,12 @@ def as_prompt_list(prompt_ids, cfg: LMConfig) -> list[np.ndarray]:
             raise ValueError(f"prompt {b} length {p.shape[1]} is not a positive multiple of group_size {g}")
         if not np.issubdtype(p.dtype, np.integer):
             raise ValueError(f"prompt {b} must hold integer ids, got {p.dtype}")
+        text = p[0, ::g]  # only column 0 of a group's text row is read (official prompts hold -100 elsewhere)
+        if text.min() < 0 or text.max() >= cfg.vocab_size:
+            raise ValueError(f"prompt {b} has text ids outside the vocabulary 0..{cfg.vocab_size - 1}")
+        for c, vocab in enumerate(cfg.speech_vocab_sizes):
+            if p[c + 1].min() < 0 or p[c + 1].max() >= vocab:
+                raise ValueError(f"prompt {b} channel {c} has speech ids outside 0..{vocab - 1}")
     return prompts
 
 

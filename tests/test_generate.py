@@ -100,3 +100,11 @@ def test_bad_prompts(model):
         generate.generate(params, cfg, special, prompt[1:], max_new_groups=2)
     with pytest.raises(ValueError, match="not a positive multiple of group_size"):
         generate.generate(params, cfg, special, prompt[:, :-1], max_new_groups=2)
+    bad = prompt.copy()
+    bad[3, 0] = cfg.speech_vocab_sizes[2]
+    with pytest.raises(ValueError, match="channel 2 has speech ids outside"):
+        generate.generate(params, cfg, special, bad, max_new_groups=2)
+    bad = prompt.copy()
+    bad[0, 0] = cfg.vocab_size
+    with pytest.raises(ValueError, match="text ids outside the vocabulary"):
+        generate.generate(params, cfg, special, bad, max_new_groups=2)
