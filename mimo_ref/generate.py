@@ -289,14 +289,15 @@ def prepare(
     prompt_ids,
     *,
     max_new_groups: int,
-    min_new_groups: int,
-    stop_tokens: Sequence[int],
-    text_sampler: SamplerConfig,
-    speech_sampler: SamplerConfig,
-    key,
-    prompt_bucket: int,
+    min_new_groups: int = 0,
+    stop_tokens: Sequence[int] = (),
+    text_sampler: SamplerConfig = sampling.GREEDY,
+    speech_sampler: SamplerConfig = sampling.GREEDY,
+    key: jax.Array | None = None,
+    prompt_bucket: int = PROMPT_BUCKET,
 ):
-    """Validate arguments and build the padded inputs and the static step description."""
+    """Validate the options of :func:`generate` (same names and defaults) and build the padded inputs and the
+    static step description."""
     prompts = as_prompt_list(prompt_ids, cfg)
     if int(max_new_groups) < 1:
         raise ValueError(f"max_new_groups must be >= 1, got {max_new_groups}")
@@ -390,33 +391,18 @@ def generate_stream(
     special: SpecialTokens,
     prompt_ids,
     *,
-    max_new_groups: int,
-    min_new_groups: int = 0,
-    stop_tokens: Sequence[int] = (),
-    text_sampler: SamplerConfig = sampling.GREEDY,
-    speech_sampler: SamplerConfig = sampling.GREEDY,
-    key: jax.Array | None = None,
-    prompt_bucket: int = PROMPT_BUCKET,
     on_result: Callable[[GenerationResult], None] | None = None,
+    **options,
 ) -> Iterator[np.ndarray]:
     """Streaming / debugging twin of :func:`generate`: the same :func:`group_step`, driven from Python.
 
+    ``options``: the keyword arguments of :func:`generate` (``max_new_groups``, ``min_new_groups``,
+    ``stop_tokens``, ``text_sampler``, ``speech_sampler``, ``key``, ``prompt_bucket``), same defaults.
     Yields each new group as ``[B, C+1, G]`` (rows that already stopped repeat their frozen output and are
     flagged by the final result). ``on_result`` receives the same :class:`GenerationResult` that :func:`generate`
     returns once the loop ends.
     """
-    st, ids, pads, min_length, keys, prompts = prepare(
-        cfg,
-        special,
-        prompt_ids,
-        max_new_groups=max_new_groups,
-        min_new_groups=min_new_groups,
-        stop_tokens=stop_tokens,
-        text_sampler=text_sampler,
-        speech_sampler=speech_sampler,
-        key=key,
-        prompt_bucket=prompt_bucket,
-    )
+    st, ids, pads, min_length, keys, prompts = prepare(cfg, special, prompt_ids, **options)
     state = prefill_jit(params, ids, pads, st=st)
     tables = tables_jit(params, cfg=cfg)
     while int(state["step"]) < st.max_new_groups and not bool(jnp.all(state["done"])):
