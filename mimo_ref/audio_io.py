@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from mimo_ref.outputs import atomic_outputs
+
 # Sample rate of the MiMo-Audio tokenizer (its config.json `sampling_rate`) and of every waveform it decodes.
 TOKENIZER_SR = 24000
 
@@ -38,9 +40,12 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
-      AudioFileError: the file is not audio soundfile can read, or has no samples.
+      AudioFileError: ``path`` is a folder, the file is not audio soundfile can read, has no samples, or holds
+        NaN or infinite samples (possible in float WAV files).
     """
     path = Path(path)
+    if path.is_dir():
+        raise AudioFileError(f"audio file {path} is a folder; pass an audio file")
     if not path.is_file():
         raise FileNotFoundError(f"audio file {path} does not exist")
     try:
@@ -49,6 +54,8 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
         raise AudioFileError(f"{path} is not a readable audio file ({exc})") from exc
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioFileError(f"{path} holds no audio samples")
+    if not np.all(np.isfinite(data)):
+        raise AudioFileError(f"{path} contains NaN or infinite samples")
     wave = data.astype(np.float64).mean(axis=1).astype(np.float32)  # [T, channels] -> [T]
     return wave, int(sample_rate)
 
@@ -66,12 +73,15 @@ def load_audio_24k(path: str | Path, target_sr: int = TOKENIZER_SR) -> tuple[np.
 def write_wav(path: str | Path, wave: np.ndarray, sr: int = TOKENIZER_SR) -> None:
     """Write ``wave`` (any shape, flattened to ``[T]``, as the official ``save_wav``) as 16-bit PCM WAV.
 
-    Samples outside [-1, 1] are clipped by soundfile.
+    Samples outside [-1, 1] are clipped by soundfile. The file is written atomically
+    (:func:`mimo_ref.outputs.atomic_outputs`): under a temporary name, renamed into place when complete, so an
+    error or Ctrl-C never leaves a partial file; missing parent folders are created.
     """
     samples = np.asarray(wave, dtype=np.float32).reshape(-1)  # [...] -> [T]
     if samples.size == 0:
         raise AudioFileError(f"refusing to write {path}: the waveform has no samples")
-    sf.write(str(path), samples, int(sr), subtype="PCM_16", format="WAV")
+    with atomic_outputs(path) as (temp,):
+        sf.write(str(temp), samples, int(sr), subtype="PCM_16", format="WAV")
 
 
 def sinc_resample_kernel(

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import resource
 import statistics
 import time
@@ -26,8 +28,76 @@ import jax.numpy as jnp
 import numpy as np
 
 from mimo_ref import generate, lm, sampling
-from mimo_ref.checkpoint import resolve_dtype
 from mimo_ref.config import SpecialTokens, lm_config_from_dict
+from mimo_ref.precision import Precision, param_bytes, resolve_precision
+
+log = logging.getLogger(__name__)  # stage messages; the CLI prints them on stderr
+
+# Every key of run_bench's result, explained: the CLI's `bench --help` epilog and docs/generation.md show this.
+JSON_KEYS = {
+    "source": "the checkpoint folder, or the preset with random weights",
+    "compute_dtype": "dtype of activations and math",
+    "weight_storage": "how weights are held: as the checkpoint stores them, or rounded to bfloat16",
+    "param_bytes": "bytes of the LM weights as held in memory",
+    "batch": "rows generated together, one prompt each",
+    "prompt_groups": "prompt length of each row, in groups",
+    "prompt_slots": "prompt length after left-padding to the compile bucket, in groups",
+    "new_groups": "groups generated per row",
+    "speech_groups": "generated groups (all rows) that were speech groups (patch decoder run)",
+    "compile_s": "seconds to compile the whole generate call (ahead of time)",
+    "prefill_compile_s": "seconds to compile the prefill alone",
+    "prefill_s": "seconds of one prefill of the prompt (median of --repeats)",
+    "generate_s": "seconds of one whole generate call: prefill + new_groups steps (median)",
+    "generate_1_group_s": "seconds of a generate call of 1 group (median): prefill and loop overhead",
+    "s_per_group": "steady-state seconds per decode step, (generate_s - generate_1_group_s) / (new_groups - 1): "
+    "each step adds one group to every row, so this is also the per-row latency between groups",
+    "groups_per_s": "groups generated per second over all rows: batch / s_per_group",
+    "groups_per_s_per_row": "groups per second for one row: 1 / s_per_group",
+    "mesh": "device mesh (--mesh): rows over `data`, weights split over `model` (docs/sharding.md); none: one device",
+    "param_bytes_per_device": "bytes of LM weights the fullest device holds (param_bytes / model axis, plus the "
+    "replicated tensors)",
+    "peak_rss_mb": "the process's peak resident host memory (ru_maxrss), MiB",
+    "repeats": "timed runs per measurement",
+    "backend": "JAX backend (cpu, gpu, tpu)",
+    "devices": "JAX devices",
+}
+
+
+def throughput(s_per_group: float, batch: int) -> dict:
+    """The rate keys of the result from the seconds per decode step: a step adds one group to each of ``batch``
+    rows, so all rows together gain ``batch / s_per_group`` groups per second and one row ``1 / s_per_group``.
+    Rates are None when timing noise made the step time non-positive."""
+    positive = s_per_group > 0
+    return {
+        "s_per_group": round(s_per_group, 6),
+        "groups_per_s": round(batch / s_per_group, 2) if positive else None,
+        "groups_per_s_per_row": round(1.0 / s_per_group, 2) if positive else None,
+    }
+
+
+def json_keys_help() -> str:
+    """The JSON keys as an indented list for ``mimo-ref bench --help``."""
+    return "JSON keys:\n" + "\n".join(f"  {key}: {text}" for key, text in JSON_KEYS.items())
+
+
+def random_weight_bytes(shapes: dict[str, tuple[int, ...]], dtype) -> tuple[int, int]:
+    """(bytes of the weights held in ``dtype``, peak bytes while building them): :func:`random_params` draws one
+    float32 tensor at a time, so the peak is the held weights plus the largest tensor in float32."""
+    sizes = [int(np.prod(shape)) for shape in shapes.values()]
+    held = sum(sizes) * jnp.dtype(dtype).itemsize
+    return held, held + max(sizes, default=0) * 4
+
+
+def memory_limit_bytes() -> int | None:
+    """What the weights must fit in: the accelerator's memory (its allocator's limit) on a GPU/TPU backend, the
+    machine's physical memory on the CPU backend; None where neither is known."""
+    if jax.default_backend() != "cpu":
+        return (jax.devices()[0].memory_stats() or {}).get("bytes_limit")
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
 
 PRESETS = {
     # The real MiMo-Audio-7B shapes (about 16 GB of bf16 weights; 32 GB in float32).
@@ -56,14 +126,21 @@ SPEECH_FIELDS = {
 }
 
 
+# The dtype a preset's random weights are "stored" in, as a checkpoint would hold them (the real 7B is bf16).
+PRESET_CHECKPOINT_DTYPE = {"7b": jnp.bfloat16, "small": jnp.float32}
+
+
 def preset_config(name: str):
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return lm_config_from_dict(PRESETS[name] | SPEECH_FIELDS, Path(f"<preset {name}>"))
 
 
-def random_params(shapes: dict[str, tuple[int, ...]], seed: int, dtype) -> dict:
-    """Random weights for a weight spec: N(0, 0.02) matrices, ones for norm weights, zeros for biases."""
+def random_params(shapes: dict[str, tuple[int, ...]], seed: int, dtype, *, place=None) -> dict:
+    """Random weights for a weight spec: N(0, 0.02) matrices, ones for norm weights, zeros for biases.
+
+    ``place(name, array)``: puts each tensor on devices (:func:`mimo_ref.sharding.placer`); default: one device.
+    """
     from mimo_ref.checkpoint import nest
 
     rng = np.random.default_rng(seed)
@@ -75,7 +152,7 @@ def random_params(shapes: dict[str, tuple[int, ...]], seed: int, dtype) -> dict:
             value = np.zeros(shape, np.float32)
         else:
             value = rng.standard_normal(shape, dtype=np.float32) * 0.02
-        flat[name] = jnp.asarray(value, dtype)
+        flat[name] = jnp.asarray(value, dtype) if place is None else place(name, value.astype(dtype))
         del value
     return nest(flat)
 
@@ -114,23 +191,56 @@ def run_bench(
     prompt_groups: int = 32,
     new_groups: int = 32,
     batch: int = 1,
-    dtype: str = "float32",
+    precision: str | Precision = "float32",
+    weights: str | None = None,
     repeats: int = 3,
     force_speech: bool = True,
     seed: int = 0,
+    mesh=None,
 ) -> dict:
-    """Benchmark generation on a checkpoint (``model``) or a preset shape with random weights. -> JSON-able dict."""
-    jdtype = resolve_dtype(dtype)
+    """Benchmark generation on a checkpoint (``model``) or a preset shape with random weights. -> JSON-able dict.
+
+    ``precision``: a preset of :mod:`mimo_ref.precision`; ``weights`` ("checkpoint" / "bfloat16") overrides its
+    weight storage. A preset's random weights stand for a checkpoint stored in ``PRESET_CHECKPOINT_DTYPE`` (bf16
+    for ``7b``, as the real checkpoint) and are held by the same storage rule as a loaded checkpoint.
+    ``mesh`` (``"data=2,model=4"``, see :func:`mimo_ref.sharding.make_mesh`): weights placed shard by shard over
+    the devices, the batch split over ``data`` (``batch`` must be a multiple of it).
+    """
+    from mimo_ref import sharding
+
+    mesh = None if mesh is None else sharding.make_mesh(mesh)
+    if mesh is not None and batch % mesh.shape[sharding.DATA]:
+        raise ValueError(f"--batch {batch} must be a multiple of the mesh's data axis ({mesh.shape[sharding.DATA]})")
+    precision = resolve_precision(precision)
+    if weights is not None:
+        precision = dataclasses.replace(precision, weights=weights)
     if (model is None) == (preset is None):
         raise ValueError("pass exactly one of a checkpoint (--model) or a preset with random weights (--preset)")
     if model is not None:
-        params, cfg, special = lm.load_lm(model, dtype)
+        place = None if mesh is None else sharding.lm_placer(model, mesh)
+        params, cfg, special = lm.load_lm(model, precision, place=place)
         source = str(model)
     else:
-        cfg = preset_config(preset)
-        params = random_params(lm.param_shapes(cfg), seed, jdtype)
+        cfg = dataclasses.replace(preset_config(preset), compute_dtype=precision.compute)
+        storage = precision.storage_dtype(PRESET_CHECKPOINT_DTYPE[preset])
+        shapes = lm.param_shapes(cfg)
+        held, peak = random_weight_bytes(shapes, storage)
+        count = sum(int(np.prod(s)) for s in shapes.values())
+        log.info(
+            "building random weights for preset %s: %.2f G parameters, %.1f GB in %s (peak %.1f GB while building)",
+            preset, count / 1e9, held / 1e9, jnp.dtype(storage).name, peak / 1e9,
+        )  # fmt: skip
+        limit = memory_limit_bytes()
+        if limit is not None and peak > limit:
+            raise ValueError(
+                f"preset {preset} needs about {peak / 1e9:.1f} GB of memory for its weights but this "
+                f"{jax.default_backend()} backend has {limit / 1e9:.1f} GB; use --precision bfloat16 or --preset small"
+            )
+        place = None if mesh is None else sharding.placer(sharding.lm_rules(cfg), mesh)
+        params = random_params(shapes, seed, storage, place=place)
         special = synthetic_special(cfg.vocab_size)
         source = f"preset {preset}, random weights"
+    resident = param_bytes(params)
     if force_speech:
         params = params | {"lm_head": {"weight": jnp.zeros_like(params["lm_head"]["weight"])}}
         special = dataclasses.replace(special, empty=0)
@@ -144,18 +254,24 @@ def run_bench(
             prompt_bucket=generate.PROMPT_BUCKET,
         )  # fmt: skip
         t0 = time.perf_counter()
+        if mesh is not None:  # rows over the data axis; the params carry their own shardings
+            rows = sharding.batch_sharding(mesh)
+            ids, pads, min_length, keys = (jax.device_put(x, rows) for x in (ids, pads, min_length, keys))
         fn = generate.generate_jit.lower(params, ids, pads, min_length, keys, st=st).compile()
         args = (params, ids, pads, min_length, keys)
         return fn, args, time.perf_counter() - t0, st
 
     if new_groups < 2:
         raise ValueError("--new-groups must be >= 2 (the per-group time is a difference of two run lengths)")
+    log.info("compiling generate for %d groups x %d rows ...", new_groups, batch)
     gen_full, args_full, compile_s, st = compiled(new_groups)
+    log.info("compiled in %.1f s; compiling the 1-group run and the prefill ...", compile_s)
     gen_one, args_one, _, _ = compiled(1)
     t0 = time.perf_counter()
     prefill_compiled = generate.prefill_jit.lower(params, args_full[1], args_full[2], st=st).compile()
     prefill_compile_s = time.perf_counter() - t0
 
+    log.info("timing: prefill, then generate of %d and of 1 groups, %d runs each ...", new_groups, repeats)
     prefill_s = timed(lambda: jax.block_until_ready(prefill_compiled(params, args_full[1], args_full[2])), repeats)
     new, n_new = jax.block_until_ready(gen_full(*args_full))
     generated = int(np.asarray(n_new).min())
@@ -166,7 +282,9 @@ def run_bench(
     speech_groups = int(np.sum(np.asarray(new)[:, :generated, 0, 0] == special.empty))
     return {
         "source": source,
-        "dtype": dtype,
+        "compute_dtype": precision.compute,
+        "weight_storage": precision.weights,
+        "param_bytes": resident,
         "batch": batch,
         "prompt_groups": prompt_groups,
         "prompt_slots": st.prompt_slots,
@@ -177,8 +295,9 @@ def run_bench(
         "prefill_s": round(prefill_s, 5),
         "generate_s": round(total_s, 5),
         "generate_1_group_s": round(one_s, 5),
-        "s_per_group": round(per_group, 6),
-        "groups_per_s": round(1.0 / per_group, 2) if per_group > 0 else None,
+        **throughput(per_group, batch),
+        "mesh": sharding.describe(mesh),
+        "param_bytes_per_device": max(sharding.device_param_bytes(params).values()),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "repeats": repeats,
         "backend": jax.default_backend(),

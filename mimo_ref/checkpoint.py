@@ -18,10 +18,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -44,64 +43,107 @@ SAFETENSORS_DTYPES = {
     "BOOL": np.bool_,
 }
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # Hugging Face repo ids are exactly `owner/name`
+REDOWNLOAD = (
+    "it was probably cut short by an interrupted download: delete it and download the checkpoint again "
+    "(for a Hugging Face repo id: `huggingface-cli download OWNER/NAME --force-download`)"
+)
 
 
-def resolve_dtype(dtype) -> jnp.dtype:
-    """``"float32" | "bfloat16" | "float64"`` (or a dtype) -> a JAX dtype; float64 needs x64 mode."""
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-        dtype = DTYPES[dtype]
-    dtype = jnp.dtype(dtype)
-    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-        raise ValueError(
-            "float64 needs JAX's x64 mode: call `jax.config.update('jax_enable_x64', True)` first "
-            "(the CLI does this for --dtype float64)"
-        )
-    if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float64)):
-        raise ValueError(f"unsupported dtype {dtype}; use float32, bfloat16 or float64")
-    return dtype
+def looks_like_path(text: str) -> bool:
+    """Whether ``text`` is meant as a local path rather than a Hugging Face repo id.
+
+    A path: anything that is not of the form ``owner/name``, or starts with ``.``, ``/`` or ``~``, or whose first
+    part is an existing local folder (``models/typo`` when ``models/`` exists).
+    """
+    if not REPO_ID.fullmatch(text) or text.startswith((".", "/", "~")):
+        return True
+    return Path(text.split("/")[0]).is_dir()
 
 
 def resolve_checkpoint(path_or_repo_id: str | os.PathLike, *, what: str = "checkpoint") -> Path:
     """A local folder, or a Hugging Face repo id (``owner/name``) downloaded into the HF cache.
 
-    The hub is contacted only when ``path_or_repo_id`` is not an existing folder and looks like a repo id.
+    The hub is contacted only when ``path_or_repo_id`` is not an existing folder and does not look like a path
+    (:func:`looks_like_path`); a path that does not exist is reported as "no such folder", never sent to the hub.
     """
     path = Path(path_or_repo_id).expanduser()
     if path.is_dir():
         return path
-    text = str(path_or_repo_id)
+    text = os.fspath(path_or_repo_id)
     if path.exists():
         raise CheckpointError(f"{what} {text} is a file; pass the folder that holds config.json")
-    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.startswith((".", "/")):
-        from huggingface_hub import snapshot_download
+    if looks_like_path(text):
+        first = text.split("/")[0]
+        why = f" ({first}/ exists, so this is read as a local path)" if REPO_ID.fullmatch(text) else ""
+        raise CheckpointError(
+            f"no such folder: {what} {text} does not exist{why}; pass a folder holding config.json or a Hugging "
+            "Face repo id (owner/name)"
+        )
+    from huggingface_hub import snapshot_download
 
-        try:
-            return Path(
-                snapshot_download(text, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"])
-            )
-        except Exception as exc:  # the hub raises many types; all mean "could not download"
-            raise CheckpointError(
-                f"{what} {text!r} is not a local folder and could not be downloaded from the Hugging Face hub "
-                f"({type(exc).__name__}: {exc}); pass a local folder or check the repo id and network"
-            ) from exc
-    raise CheckpointError(f"{what} folder {text} does not exist; pass a folder with config.json or an HF repo id")
+    try:
+        patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
+        return Path(snapshot_download(text, allow_patterns=patterns))
+    except Exception as exc:  # the hub raises many types; all mean "could not download"
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]  # hub messages run to several lines
+        raise CheckpointError(
+            f"{what} {text} is not a local folder, and downloading it from the Hugging Face hub failed "
+            f"({type(exc).__name__}: {reason}); check the folder name, or the repo id and the network"
+        ) from exc
 
 
 class SafetensorsFile:
-    """A memory-mapped safetensors file: ``names()``, ``shape(name)``, ``read(name) -> np.ndarray`` (a view)."""
+    """A memory-mapped safetensors file: ``names()``, ``shape(name)``, ``read(name) -> np.ndarray`` (a view).
+
+    Opening checks the header against the file: every tensor's byte span must match its shape and dtype, and the
+    file must be as long as the header promises; a shorter file (an interrupted download) is reported with its
+    path, the expected and actual sizes and re-download advice, not as a reshape error at first use.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         try:
+            actual = self.path.stat().st_size
             with open(self.path, "rb") as fh:
-                header_len = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(header_len))
+                prefix = fh.read(9)  # 8-byte header length, then the JSON header's opening brace
+                header_len = int.from_bytes(prefix[:8], "little")
+                if len(prefix) == 9 and prefix[8:] != b"{":
+                    raise ValueError("it does not start with a safetensors header")
+                if len(prefix) == 9 and 8 + header_len <= actual:
+                    fh.seek(8)
+                    header = json.loads(fh.read(header_len))
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{self.path} is not a readable safetensors file ({exc})") from exc
+        if len(prefix) < 9 or 8 + header_len > actual:
+            raise CheckpointError(
+                f"{self.path} is truncated: its header needs at least {8 + header_len if len(prefix) == 9 else 9} "
+                f"bytes but the file has {actual}; {REDOWNLOAD}"
+            )
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{self.path} is not a safetensors file (its header is not a JSON object)")
         header.pop("__metadata__", None)
+        end = 0
+        for name, info in header.items():
+            try:
+                begin, stop = (int(v) for v in info["data_offsets"])
+                count = int(np.prod([int(d) for d in info["shape"]]))
+                dtype = info["dtype"]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{self.path}: the header entry of {name} is malformed ({exc!r})") from exc
+            if dtype in SAFETENSORS_DTYPES and stop - begin != count * np.dtype(SAFETENSORS_DTYPES[dtype]).itemsize:
+                raise CheckpointError(
+                    f"{self.path}: tensor {name} ({dtype} {info['shape']}) spans {stop - begin} bytes in the header, "
+                    "which does not match its shape; the file is corrupt"
+                )
+            end = max(end, stop)
+        expected = 8 + header_len + end
+        if actual < expected:
+            raise CheckpointError(
+                f"{self.path} is truncated: its header promises {expected} bytes but the file has {actual}; "
+                f"{REDOWNLOAD}"
+            )
         self.header = header
         self.data_start = 8 + header_len
         self.mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
@@ -188,19 +230,24 @@ def flatten(params, prefix: str = "") -> dict[str, object]:
 def load_params(
     folder: Path,
     shapes: dict[str, tuple[int, ...]],
-    dtype,
+    precision,
     *,
     ignored: Callable[[str], bool] = lambda name: False,
-    keep_float32: Iterable[str] = (),
+    place: Callable[[str, np.ndarray], object] | None = None,
 ) -> dict:
-    """Load the tensors named in ``shapes`` from ``folder`` into a nested param dict of ``dtype``.
+    """Load the tensors named in ``shapes`` from ``folder`` into a nested param dict.
 
-    Strict: a tensor of ``shapes`` that the checkpoint lacks, or a checkpoint tensor that is neither in
-    ``shapes`` nor ``ignored(name)``, or a shape mismatch, raises :class:`CheckpointError` listing them.
-    ``keep_float32`` names tensors kept in float32 whatever ``dtype`` (e.g. RVQ codebooks, which the official
-    code always uses in float32).
+    ``precision``: a :class:`mimo_ref.precision.Precision` (or a preset name / dtype). Each tensor is held in
+    ``precision.storage_dtype(its stored dtype)``: as stored (a bf16 checkpoint stays bf16 under float32 compute,
+    and the model upcasts at use), narrowed to the compute dtype when wider, or rounded to bf16 when the precision
+    asks for bf16 weights. Strict: a tensor of ``shapes`` that the checkpoint lacks, or a checkpoint tensor that
+    is neither in ``shapes`` nor ``ignored(name)``, or a shape mismatch, raises :class:`CheckpointError`.
+    ``place``: puts one tensor on devices (default ``jnp.asarray``: the default device); it receives the
+    memory-mapped view itself when no cast is needed.
     """
-    dtype = resolve_dtype(dtype)
+    from mimo_ref.precision import resolve_precision
+
+    precision = resolve_precision(precision)
     where = open_checkpoint_tensors(folder)
     missing = sorted(set(shapes) - set(where))
     unexpected = sorted(n for n in set(where) - set(shapes) if not ignored(n))
@@ -221,9 +268,11 @@ def load_params(
     ]
     if wrong:
         raise CheckpointError(f"checkpoint {folder} has tensors of the wrong shape: {'; '.join(wrong[:8])}")
-    keep = set(keep_float32)
     flat = {}
     for name in shapes:
-        target = jnp.float32 if name in keep else dtype
-        flat[name] = jnp.asarray(np.asarray(where[name].read(name)).astype(target))
+        view = where[name].read(name)  # memory-mapped, no copy yet
+        # one tensor at a time: a cast (if any) makes one host copy, jnp.asarray one device copy of it
+        array = view.astype(precision.storage_dtype(view.dtype), copy=False)
+        # `place(name, array) -> jax.Array` (e.g. mimo_ref.sharding) copies each device's slice only
+        flat[name] = jnp.asarray(array) if place is None else place(name, array)
     return nest(flat)

@@ -58,6 +58,9 @@ class LMConfig:
     group_size: int  # G
     audio_channels: int  # C
     input_full_attention: bool  # patch encoder attention: bidirectional (True) or causal
+    # The compute dtype (a run setting, not a config.json field): set by `load_lm` from its precision. None means
+    # "the dtype the params are held in" (params already cast to the compute dtype, e.g. by a test).
+    compute_dtype: str | None = None
 
     @property
     def hidden_size(self) -> int:

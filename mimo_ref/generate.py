@@ -218,7 +218,8 @@ def group_step(
 
     # 3. append the group: [B, C+1, G] = text repeated G times over speech transposed to [B, C, G]
     group = jnp.concatenate([jnp.broadcast_to(text[:, None, None], (b, 1, g)), speech.transpose(0, 2, 1)], axis=1)
-    new = jax.lax.dynamic_update_slice(state["new"], tap("generate.group", group)[:, None], (0, step, 0, 0))
+    zero = jnp.zeros((), jnp.int32)  # all indices int32 (a Python 0 would become int64 in x64 mode)
+    new = jax.lax.dynamic_update_slice(state["new"], tap("generate.group", group)[:, None], (zero, step, zero, zero))
 
     # 4. stop rule (official MiMoStopper): length cap, or a stop token once the minimum length is reached
     new_len = cur_len + 1

@@ -115,15 +115,19 @@ def rope_inv_freq(head_dim: int, theta: float) -> jax.Array:
     return 1.0 / (jnp.float32(theta) ** exponent)
 
 
-def rope_tables(positions: jax.Array, *, head_dim: int, theta: float, dtype) -> tuple[jax.Array, jax.Array]:
+def rope_tables(
+    positions: jax.Array, *, head_dim: int, theta: float, dtype, inv_freq_dtype=jnp.float32
+) -> tuple[jax.Array, jax.Array]:
     """RoPE ``cos``/``sin`` tables for integer ``positions`` ``[...]`` -> two ``[..., H]`` arrays in ``dtype``.
 
     Official (transformers ``Qwen2RotaryEmbedding`` and the tokenizer's ``RotaryEmbedding``): angles are computed
     in float32 (autocast disabled) whatever the model dtype, duplicated to the full head dim (``cat(f, f)``),
     then cos/sin are cast to the activation dtype. So a float64 run has float32-accurate RoPE, and a bf16
-    activation gets bf16-rounded tables.
+    activation gets bf16-rounded tables. ``inv_freq_dtype=bfloat16`` rounds the inverse frequencies to bf16 (and
+    back to float32) first: the official wrapper's ``.bfloat16()`` rounds that buffer of the audio tokenizer.
     """
-    freqs = positions.astype(jnp.float32)[..., None] * rope_inv_freq(head_dim, theta)  # [...] -> [..., H/2]
+    inv_freq = rope_inv_freq(head_dim, theta).astype(inv_freq_dtype).astype(jnp.float32)  # [H/2]
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [...] -> [..., H/2]
     angles = jnp.concatenate([freqs, freqs], axis=-1)  # [..., H/2] -> [..., H]
     return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
 

@@ -21,6 +21,7 @@ Flow of one forward (shapes for B sequences of T groups):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,9 +29,10 @@ import jax
 import jax.numpy as jnp
 
 from mimo_ref import layers, sampling
-from mimo_ref.checkpoint import load_params, resolve_checkpoint, resolve_dtype
+from mimo_ref.checkpoint import load_params, resolve_checkpoint
 from mimo_ref.config import LMConfig, QwenStackConfig, SpecialTokens, load_lm_config, load_special_tokens
-from mimo_ref.tap import tap
+from mimo_ref.precision import Precision, at_use, model_dtype, resolve_precision, upcast
+from mimo_ref.tap import is_collecting, tap
 
 Params = dict
 KVCache = list  # one {"k": [B, S, K, H], "v": [B, S, K, H]} dict per layer
@@ -85,18 +87,24 @@ def param_shapes(cfg: LMConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def load_lm(path_or_repo_id: str | Path, dtype="float32") -> tuple[Params, LMConfig, SpecialTokens]:
+def load_lm(
+    path_or_repo_id: str | Path, precision: str | Precision = "float32", *, place=None
+) -> tuple[Params, LMConfig, SpecialTokens]:
     """Load a MiMo-Audio LM checkpoint (folder or HF repo id): ``(params, cfg, special_tokens)``.
 
     Every tensor is checked against :func:`param_shapes`; missing/unexpected/wrong-shaped tensors raise
-    ``CheckpointError`` naming them. ``dtype``: ``"float32"`` (default), ``"bfloat16"``, or ``"float64"``
-    (needs ``jax.config.update("jax_enable_x64", True)``).
+    ``CheckpointError`` naming them. ``precision``: a preset of :mod:`mimo_ref.precision` (``"float32"`` default,
+    ``"float64"`` (needs ``jax.config.update("jax_enable_x64", True)``), ``"bfloat16"``, ``"official"``), a
+    :class:`~mimo_ref.precision.Precision` or a dtype. Weights stay in their checkpoint dtype when it is not wider
+    than the compute dtype (a bf16 checkpoint run in float32 holds bf16 weights and upcasts at use); the
+    returned ``cfg.compute_dtype`` records the compute dtype. ``place``: see :func:`mimo_ref.checkpoint.load_params`
+    (:func:`mimo_ref.sharding.placer` puts each tensor's shards on a mesh).
     """
-    dtype = resolve_dtype(dtype)
+    precision = resolve_precision(precision)
     folder = resolve_checkpoint(path_or_repo_id, what="LM checkpoint")
-    cfg = load_lm_config(folder)
+    cfg = dataclasses.replace(load_lm_config(folder), compute_dtype=precision.compute)
     special = load_special_tokens(folder)
-    params = load_params(folder, param_shapes(cfg), dtype)
+    params = load_params(folder, param_shapes(cfg), precision, place=place)
     if cfg.tie_word_embeddings:
         params["lm_head"] = {"weight": params["model"]["embed_tokens"]["weight"]}
     return params, cfg, special
@@ -180,6 +188,7 @@ def qwen_stack(
     cos, sin = layers.rope_tables(positions, head_dim=cfg.head_dim, theta=cfg.rope_theta, dtype=x.dtype)
     new_cache = [] if cache is not None else None
     for i, layer_params in enumerate(params["layers"]):
+        layer_params = at_use(layer_params, x.dtype, x)  # bf16-stored weights upcast per layer (precision.py)
         layer_cache = cache[i] if cache is not None else None
         x, layer_cache = qwen_layer(layer_params, x, cos, sin, mask, cfg=cfg, cache=layer_cache, write_pos=write_pos)
         tap(f"{name}.layer{i}", x)
@@ -208,6 +217,11 @@ def split_groups(input_ids: jax.Array, *, cfg: LMConfig) -> tuple[jax.Array, jax
     return text, speech.transpose(0, 2, 1, 3)  # [B, C, T, G] -> [B, T, C, G]
 
 
+def compute_dtype(params: Params, cfg: LMConfig) -> jnp.dtype:
+    """The LM's compute dtype: ``cfg.compute_dtype`` (set at load), or the dtype the params are held in."""
+    return model_dtype(cfg.compute_dtype, params["model"]["embed_tokens"]["weight"])
+
+
 def speech_embeddings_sum(params: Params, speech_ids: jax.Array, *, cfg: LMConfig) -> jax.Array:
     """Sum of the per-channel speech embeddings, accumulated in **bfloat16**. ``[B, T, C, G]`` -> ``[B, T, G, Di]``.
 
@@ -216,10 +230,12 @@ def speech_embeddings_sum(params: Params, speech_ids: jax.Array, *, cfg: LMConfi
     channel's empty id contribute zero.
     """
     b, t, c, g = speech_ids.shape
+    dtype = compute_dtype(params, cfg)
     buf = jnp.zeros((b, t, g, cfg.input_local_dim), jnp.bfloat16)
     for ch in range(c):
         ids = speech_ids[:, :, ch, :]  # [B, T, C, G] -> [B, T, G]
-        emb = layers.embedding(params["speech_embeddings"][ch]["weight"], ids)  # [B, T, G] -> [B, T, G, Di]
+        table = params["speech_embeddings"][ch]["weight"]
+        emb = layers.embedding(table, ids).astype(dtype)  # [B, T, G] -> [B, T, G, Di], in the model dtype
         emb = jnp.where((ids == cfg.speech_empty_ids[ch])[..., None], 0, emb)
         buf = (buf.astype(emb.dtype) + emb).astype(jnp.bfloat16)
     return tap("lm.speech_embeddings_sum", buf)
@@ -238,7 +254,10 @@ def patch_encoder(params: Params, speech_embeds: jax.Array, *, cfg: LMConfig) ->
     x = speech_embeds.reshape(b * t, g, di)  # [B, T, G, Di] -> [B*T, G, Di]
     pos = jnp.broadcast_to(jnp.arange(g, dtype=jnp.int32), (b * t, g))  # [B*T, G]
     mask = layers.attention_mask(pos, pos, causal=not cfg.input_full_attention)  # [B*T, G, G]
-    out, _ = qwen_stack(params["input_local_transformer"], x, pos, mask, cfg=cfg.input_local, name="lm.patch_encoder")
+    # The stack's input is bf16 while the model computes wider: its weights are upcast to the compute dtype here
+    # (type promotion alone would leave the first RMSNorm's weight multiply in bf16 for bf16-stored weights).
+    stack = upcast(params["input_local_transformer"], compute_dtype(params, cfg))
+    out, _ = qwen_stack(stack, x, pos, mask, cfg=cfg.input_local, name="lm.patch_encoder")
     return out.reshape(b, t, g, di)  # [B*T, G, Di] -> [B, T, G, Di]
 
 
@@ -255,6 +274,7 @@ def input_embeds(params: Params, input_ids: jax.Array, *, cfg: LMConfig, empty_i
         params["speech_group_downcast"], encoded.reshape(b, t, -1)
     )  # [B, T, G, Di] -> [B, T, G*Di] -> [B, T, D]
     text_embeds = layers.embedding(params["model"]["embed_tokens"]["weight"], text)  # [B, T] -> [B, T, D]
+    text_embeds = text_embeds.astype(compute_dtype(params, cfg))  # upcast at use (bf16-stored tables)
     text_embeds = jnp.where((text == empty_id)[..., None], 0, text_embeds)  # <|empty|> groups carry no text
     return tap("lm.input_embeds", text_embeds + grouped)
 
@@ -330,12 +350,13 @@ def stacked_speech_tables(params: Params, *, cfg: LMConfig) -> tuple[jax.Array, 
     (they sort first, with zero probability).
     """
     vmax = max(cfg.speech_vocab_sizes)
+    dtype = compute_dtype(params, cfg)  # the tables are built in the compute dtype (upcast at use)
     heads_, embs = [], []
     for c, vocab in enumerate(cfg.speech_vocab_sizes):
-        w = params["local_transformer_lm_heads"][c]["weight"]  # [Vc, Dl]
-        e = params["speech_embeddings"][c]["weight"]  # [Vc, Di]
+        w = params["local_transformer_lm_heads"][c]["weight"].astype(dtype)  # [Vc, Dl]
+        e = params["speech_embeddings"][c]["weight"].astype(dtype)  # [Vc, Di]
         if "speech_embeddings_to_local" in params:
-            e = layers.linear(params["speech_embeddings_to_local"], e)  # [Vc, Di] -> [Vc, Dl]
+            e = layers.linear(upcast(params["speech_embeddings_to_local"], dtype), e)  # [Vc, Di] -> [Vc, Dl]
         heads_.append(jnp.pad(w, ((0, vmax - vocab), (0, 0))))  # [Vc, Dl] -> [Vmax, Dl]
         embs.append(jnp.pad(e, ((0, vmax - vocab), (0, 0))))
     return jnp.stack(heads_), jnp.stack(embs)
@@ -378,6 +399,19 @@ def channel_activity(step: jax.Array, *, cfg: LMConfig) -> tuple[jax.Array, jax.
     return active, jnp.clip(frame, 0, cfg.group_size - 1)
 
 
+def local_next_input(emb: jax.Array, active: jax.Array, dtype) -> jax.Array:
+    """The next patch-decoder input: the active channels' embeddings of the tokens just chosen, summed in channel
+    order (official in-place ``local_embeds += ...``). emb ``[B, C, Dl]``, active ``[C]`` -> ``[B, Dl]``.
+
+    The sum is in the model ``dtype``: the official ``local_embeds`` is ``zeros_like`` of the hidden state, unlike
+    the input embedding's speech sum, which is a bfloat16 buffer (:func:`speech_embeddings_sum`).
+    """
+    x = jnp.zeros((emb.shape[0], emb.shape[2]), dtype)  # [B, Dl]
+    for ch in range(emb.shape[1]):  # channel order, as the official in-place `+=`
+        x = x + jnp.where(active[ch], emb[:, ch], 0).astype(dtype)  # [B, Dl]
+    return x
+
+
 def patch_decoder(
     params: Params,
     local_hidden: jax.Array,
@@ -418,16 +452,16 @@ def patch_decoder(
             b, c, vmax
         )  # [B, Dl] -> [B, C*Vmax] -> [B, C, Vmax]
         logits = jnp.where(padding[None], -jnp.inf, logits)
-        tap("lm.patch_decoder.logits", logits)
-        new = tap("lm.patch_decoder.tokens", choose(logits, t, keys))  # [B, C, Vmax] -> [B, C]
+        new = choose(logits, t, keys)  # [B, C, Vmax] -> [B, C]
         active, frame = channel_activity(t, cfg=cfg)  # [C], [C]
+        if is_collecting():  # dumps hold the official per-channel heads, unpadded, and only the emitted tokens
+            for ch, vocab in enumerate(cfg.speech_vocab_sizes):
+                tap(f"lm.patch_decoder.logits.c{ch}", logits[:, ch, :vocab])  # [B, C, Vmax] -> [B, V_c]
+            tap("lm.patch_decoder.tokens", jnp.where(active[None], new, -1))  # [B, C]; -1: channel inactive
         onehot = jax.nn.one_hot(frame, cfg.group_size, dtype=bool) & active[:, None]  # [C, G]
         tokens = jnp.where(onehot.T[None], new[:, None, :], tokens)  # write [B, C] at [B, frame_c, c]
         emb = emb_w[jnp.arange(c)[None, :], new]  # [C, Vmax, Dl] gathered at [B, C] -> [B, C, Dl]
-        x = jnp.zeros_like(x)
-        for ch in range(c):  # channel order, as the official in-place `+=`
-            x = x + jnp.where(active[ch], emb[:, ch], 0).astype(x.dtype)  # [B, Dl]
-        return x, cache, tokens
+        return local_next_input(emb, active, x.dtype), cache, tokens
 
     tokens = jnp.zeros((b, cfg.group_size, cfg.audio_channels), jnp.int32)
     _, _, tokens = jax.lax.fori_loop(0, steps, step, (local_hidden, cache, tokens))

@@ -89,18 +89,6 @@ def test_sharded_checkpoint_loads_like_single_file(tmp_path):
     np.testing.assert_array_equal(np.asarray(params["lm_head"]["weight"]), tensors["lm_head.weight"])
 
 
-def test_bf16_checkpoint_is_cast(tmp_path):
-    import ml_dtypes
-
-    ckpt = copy_tiny(tmp_path)
-    tensors = load_file(str(ckpt / "model.safetensors"))
-    save_file({k: v.astype(ml_dtypes.bfloat16) for k, v in tensors.items()}, str(ckpt / "model.safetensors"))
-    params, _, _ = lm.load_lm(ckpt, "float32")
-    w = np.asarray(params["model"]["norm"]["weight"])
-    assert w.dtype == np.float32
-    np.testing.assert_array_equal(w, tensors["model.norm.weight"].astype(ml_dtypes.bfloat16).astype(np.float32))
-
-
 @pytest.mark.parametrize(
     "edit, message",
     [

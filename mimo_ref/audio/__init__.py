@@ -2,7 +2,7 @@
 
 Public API (shapes: T frames, M mel bins, D model width, Q quantizer levels, C code levels given):
 
-- ``load_audio_tokenizer(path_or_repo_id, dtype="float32") -> (params, cfg)``
+- ``load_audio_tokenizer(path_or_repo_id, precision="float32") -> (params, cfg)``
 - ``log_mel(wave [samples], cfg, *, sample_rate) -> [T, M]``                       (``mel.py``)
 - ``encode(params, mels [T, M], lengths, *, cfg, n_q=None) -> EncodeResult``      (``encoder.py``)
 - ``rvq_encode(vq_params, x [..., D], *, n_q) -> [n_q, ...]``, ``rvq_decode(vq_params, codes) -> [..., D]`` (``rvq.py``)

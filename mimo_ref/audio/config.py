@@ -69,6 +69,12 @@ class AudioTokenizerConfig:
 
     rope_theta: float
 
+    # Run settings (not config.json fields), set by `load_audio_tokenizer` from its precision:
+    # compute_dtype None means "the dtype the params are held in"; bf16_buffers rounds the RoPE inv_freq of the
+    # three transformers to bfloat16, as the official wrapper's `.bfloat16()` does (see mimo_ref/precision.py).
+    compute_dtype: str | None = None
+    bf16_buffers: bool = False
+
     @property
     def encoder_head_dim(self) -> int:
         return self.d_model // self.encoder_heads

@@ -25,6 +25,7 @@ from mimo_ref.audio.rvq import rvq_decode
 from mimo_ref.audio.transformer import LAYER_NORM_EPS, segment_mask, transformer
 from mimo_ref.audio.vocoder import vocoder
 from mimo_ref.layers import Params, compute_dtype, conv_transpose1d, layer_norm
+from mimo_ref.precision import at_use, model_dtype
 from mimo_ref.tap import tap
 
 GROUP_NORM_EPS = 1e-5  # torch nn.GroupNorm default
@@ -57,6 +58,7 @@ def transposed_conv_block(params: Params, x: jax.Array, lengths: jax.Array, *, s
     """
     k = params["conv"]["weight"].shape[-1]
     t = x.shape[1]
+    params = at_use(params, x.dtype, x)  # bf16-stored weights upcast at use (mimo_ref/precision.py)
     x = jnp.where((jnp.arange(t)[None, :] < lengths[:, None])[:, :, None], x, 0)  # official zero-filled unpack
     y = conv_transpose1d(params["conv"], x.transpose(0, 2, 1), stride=stride)  # [B, Din, T] -> [B, Dout, (T-1)s+k]
     y = group_norm_1(params["norm"], y, (jnp.max(lengths) - 1) * stride + k)
@@ -73,16 +75,24 @@ def audio_decoder(params: Params, vq: jax.Array, lengths: jax.Array, *, cfg: Aud
     params: the checkpoint's ``decoder`` node. vq is cast to the params' dtype (official ``.to(layer_norm.weight)``).
     ``T2 = T * avg_pooler * decoder_stride`` (4T for the real settings), lengths likewise per row.
     """
-    x = vq.astype(params["layer_norm"]["weight"].dtype)
+    x = vq.astype(model_dtype(cfg.compute_dtype, params["layer_norm"]["weight"]))
     x, lengths1 = transposed_conv_block(params["dconv1"], x, lengths, stride=cfg.avg_pooler)  # [B, T, D] -> [B, T1, D]
     tap("audio.decoder.dconv1", x)
     b, t1, _ = x.shape
     positions = jnp.broadcast_to(jnp.arange(t1)[None, :], (b, t1))  # restart per sequence (get_position_ids)
     mask = segment_mask(lengths1, t1, causal=cfg.decoder_causal, window=cfg.decoder_window)  # [B, T1, T1]
     x, _ = transformer(
-        params["layers"], x, positions, mask, heads=cfg.decoder_heads, theta=cfg.rope_theta, name="audio.decoder"
+        params["layers"],
+        x,
+        positions,
+        mask,
+        heads=cfg.decoder_heads,
+        theta=cfg.rope_theta,
+        bf16_inv_freq=cfg.bf16_buffers,
+        name="audio.decoder",
     )
-    x = tap("audio.decoder.final_norm", layer_norm(params["layer_norm"], x, eps=LAYER_NORM_EPS))
+    final_norm = at_use(params["layer_norm"], x.dtype, x)
+    x = tap("audio.decoder.final_norm", layer_norm(final_norm, x, eps=LAYER_NORM_EPS))
     # [B, T1, D] -> [B, T2, M]
     mel, lengths2 = transposed_conv_block(params["dconv2"], x, lengths1, stride=cfg.decoder_stride_size)
     return tap("audio.decoder.coarse_mel", mel), lengths2

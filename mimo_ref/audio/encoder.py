@@ -41,6 +41,7 @@ from mimo_ref.audio.config import AudioTokenizerConfig
 from mimo_ref.audio.rvq import rvq_decode, rvq_encode
 from mimo_ref.audio.transformer import LAYER_NORM_EPS, segment_mask, transformer
 from mimo_ref.layers import Params, conv1d, gelu, layer_norm
+from mimo_ref.precision import model_dtype
 from mimo_ref.tap import tap
 
 
@@ -85,7 +86,7 @@ def encoder_features(params: Params, mels: jax.Array, lengths: jax.Array, *, cfg
     as the official ``input_features.to(conv1.weight)``), lengths ``[B]`` mel frames (>= 1).
     Returns features ``[B, T3, D]`` (before quantization, in the params' dtype) and their lengths ``[B]``.
     """
-    dtype = params["conv1"]["weight"].dtype
+    dtype = model_dtype(cfg.compute_dtype, params["conv1"]["weight"])
     pos = jnp.arange(mels.shape[1])[None, :, None]  # [1, T, 1]
     mels = jnp.where(pos < lengths[:, None, None], mels.astype(dtype), 0.0)  # official zero padding of the batch
     x = tap("audio.encoder.conv_stem", conv_stem(params, mels, lengths, cfg=cfg))  # [B, T, M] -> [B, T2, D]
@@ -100,6 +101,7 @@ def encoder_features(params: Params, mels: jax.Array, lengths: jax.Array, *, cfg
         mask,
         heads=cfg.encoder_heads,
         theta=cfg.rope_theta,
+        bf16_inv_freq=cfg.bf16_buffers,
         keep_layer=cfg.encoder_skip_layer_id,
         name="audio.encoder",
     )

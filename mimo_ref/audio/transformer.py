@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from mimo_ref.layers import Params, apply_rope, attend, attention_mask, gelu_mlp, layer_norm, linear, rope_tables
+from mimo_ref.precision import at_use
 from mimo_ref.tap import tap
 
 LAYER_NORM_EPS = 1e-5  # torch nn.LayerNorm default, used by every norm of the tokenizer
@@ -61,6 +62,7 @@ def transformer(
     *,
     heads: int,
     theta: float,
+    bf16_inv_freq: bool = False,
     keep_layer: int | None = None,
     name: str = "audio.transformer",
 ) -> tuple[jax.Array, jax.Array | None]:
@@ -68,12 +70,15 @@ def transformer(
 
     Returns the last layer's output ``[B, T, D]`` and, when ``keep_layer`` (1-based) is given, that layer's
     output (the encoder's skip connection), else None. ``name``: prefix of the per-layer activation taps.
-    RoPE tables are computed in float32 and cast to x's dtype (official ``RotaryEmbedding``).
+    RoPE tables are computed in float32 and cast to x's dtype (official ``RotaryEmbedding``); ``bf16_inv_freq``
+    rounds the ``inv_freq`` buffer to bfloat16 first, as the official wrapper's ``.bfloat16()`` does.
     """
     head_dim = x.shape[-1] // heads
-    cos, sin = rope_tables(positions, head_dim=head_dim, theta=theta, dtype=x.dtype)  # [B, T] -> [B, T, H]
+    inv_freq_dtype = jnp.bfloat16 if bf16_inv_freq else jnp.float32
+    cos, sin = rope_tables(positions, head_dim=head_dim, theta=theta, dtype=x.dtype, inv_freq_dtype=inv_freq_dtype)
     kept = None
     for i, params in enumerate(layers):
+        params = at_use(params, x.dtype, x)  # bf16-stored weights upcast per layer (mimo_ref/precision.py)
         x = tap(f"{name}.layer{i}", transformer_layer(params, x, cos, sin, mask, heads=heads))
         if keep_layer is not None and i == keep_layer - 1:
             kept = x

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from mimo_ref.audio.config import AudioTokenizerConfig
 from mimo_ref.audio.transformer import LAYER_NORM_EPS, segment_mask, transformer
 from mimo_ref.layers import Params, layer_norm, linear
+from mimo_ref.precision import model_dtype
 from mimo_ref.tap import tap
 
 MAX_MAGNITUDE = 1e2  # official ISTFTHead: torch.clip(exp(log_mag), max=1e2), "safeguard" against huge values
@@ -71,7 +72,8 @@ def istft_head(params: Params, x: jax.Array, frames: jax.Array, *, cfg: AudioTok
     tap("audio.istft.spectrum_real", real)
     tap("audio.istft.spectrum_imag", imag)
     spec = jax.lax.complex(real, imag).transpose(0, 2, 1)  # [B, T, n_freq] -> [B, n_freq, T] complex64
-    audio = istft(spec, params["istft"]["window"], frames, hop=cfg.hop_length)  # [B, n_freq, T] -> [B, T * hop]
+    window = params["istft"]["window"].astype(x.dtype)  # the checkpoint buffer, in the model dtype (upcast at use)
+    audio = istft(spec, window, frames, hop=cfg.hop_length)  # [B, n_freq, T] -> [B, T * hop]
     return audio.astype(x.dtype)  # official: audio.to(original_dtype)
 
 
@@ -84,13 +86,21 @@ def vocoder(params: Params, mel: jax.Array, lengths: jax.Array, *, cfg: AudioTok
     frames of a shorter row up to the longest length go through the head as zero vectors (bias-only frames).
     """
     t = mel.shape[1]
-    x = linear(params["embeddings"], mel.astype(params["embeddings"]["weight"].dtype))  # [B, T, M] -> [B, T, D]
+    dtype = model_dtype(cfg.compute_dtype, params["embeddings"]["weight"])
+    x = linear(params["embeddings"], mel.astype(dtype))  # [B, T, M] -> [B, T, D]
     tap("audio.vocoder.embed", x)
     offsets = jnp.cumsum(lengths) - lengths  # [B]: packed start of each row
     positions = offsets[:, None] + jnp.arange(t)[None, :]  # [B, T]: RoPE positions do not restart per row
     mask = segment_mask(lengths, t, causal=False, window=cfg.vocoder_window)  # [B, T, T]
     x, _ = transformer(
-        params["layers"], x, positions, mask, heads=cfg.vocoder_heads, theta=cfg.rope_theta, name="audio.vocoder"
+        params["layers"],
+        x,
+        positions,
+        mask,
+        heads=cfg.vocoder_heads,
+        theta=cfg.rope_theta,
+        bf16_inv_freq=cfg.bf16_buffers,
+        name="audio.vocoder",
     )
     x = tap("audio.vocoder.final_norm", layer_norm(params["layer_norm"], x, eps=LAYER_NORM_EPS))
     x = jnp.where((jnp.arange(t)[None, :] < lengths[:, None])[:, :, None], x, 0)  # official unpack: zero past length

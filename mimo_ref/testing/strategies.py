@@ -171,11 +171,79 @@ def special_tokens(cfg: LMConfig) -> SpecialTokens:
     return synthetic_special(cfg.vocab_size)
 
 
-def lm_params(cfg: LMConfig, seed: int, dtype=jnp.float32) -> dict:
-    """Random LM params of exactly ``lm.param_shapes(cfg)`` (:func:`mimo_ref.bench.random_params`: N(0, 0.02)
-    matrices, unit norm weights, zero biases), with ``lm_head`` sharing the text embedding when tied, as
-    :func:`mimo_ref.lm.load_lm` does."""
-    params = random_params(lm.param_shapes(cfg), seed, dtype)
+WEIGHTS = ("probing", "plain")
+"""Random-weight styles of :func:`lm_params` / :func:`audio_params`: ``"probing"`` (:func:`probing_params`, the
+default) or ``"plain"`` (:func:`mimo_ref.bench.random_params`: N(0, 0.02) matrices, unit norm scales, zero biases;
+what a benchmark needs, and blind to the bugs listed in :func:`probing_params`)."""
+
+QK_GAIN = 2.0
+"""q_proj / k_proj weights are N(0, (QK_GAIN / sqrt(fan_in))^2): attention scores of unit-scale inputs then have a
+standard deviation of about QK_GAIN^2 = 4, so softmax is peaked (N(0, 0.02) weights give scores near 0 and
+uniform attention, which hides position and head-pairing bugs)."""
+
+ISTFT_LOG_MAGNITUDE_MEAN = 1.5
+"""Mean of the ISTFT head's log-magnitude bias: with the head's weights at gain 2, about 7% of the log-magnitudes
+pass log(1e2) = 4.6, so the official magnitude clip (:data:`mimo_ref.audio.vocoder.MAX_MAGNITUDE`) is exercised."""
+
+
+def probing_params(shapes: dict[str, tuple[int, ...]], seed: int, dtype=jnp.float32) -> dict:
+    """Random weights for a weight spec, at scales that make a port's bugs visible to a float32 comparison.
+
+    - norm scales (``*norm.weight``: RMSNorm, LayerNorm, GroupNorm) ~ U(0.5, 1.5), each norm its own: a swapped or
+      dropped norm changes the output (with unit scales a dropped final RMSNorm before an argmax changes nothing);
+    - biases ~ N(0, 0.3^2) (q/k/v/out, fc, conv, LayerNorm biases): a dropped bias changes the output;
+    - matrices ~ N(0, 1 / fan_in) (activations stay O(1) through the layers), except q_proj / k_proj at
+      :data:`QK_GAIN` (peaked attention: RoPE positions, head pairing and masks matter);
+    - embedding tables (``embed_tokens``, ``speech_embeddings``) ~ N(0, 1);
+    - the vocoder's ISTFT head (``head.out``) at gain 2, its log-magnitude bias ~ N(1.5, 0.5^2) (see
+      :data:`ISTFT_LOG_MAGNITUDE_MEAN`) and its phase bias ~ N(0, 1).
+
+    fan_in: ``in`` of a ``Linear`` ``[out, in]``, ``in * k`` of a ``Conv1d`` ``[out, in, k]``, ``in`` of a
+    ``ConvTranspose1d`` ``[in, out, k]``. Deterministic in ``seed``.
+    """
+    from mimo_ref.checkpoint import nest
+
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for name, shape in shapes.items():
+        if name.endswith("norm.weight"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif name.endswith("head.out.bias"):  # [n_fft + 2]: log-magnitude half, then phase half
+            half = shape[0] // 2
+            value = np.concatenate(
+                [rng.normal(ISTFT_LOG_MAGNITUDE_MEAN, 0.5, half), rng.standard_normal(shape[0] - half)]
+            )
+        elif name.endswith(".bias"):
+            value = rng.normal(0.0, 0.3, shape)
+        elif name.endswith("embed_tokens.weight") or ".speech_embeddings." in f".{name}":
+            value = rng.standard_normal(shape)
+        else:
+            if len(shape) == 3 and ".dconv" in name:  # ConvTranspose1d [in, out, k]
+                fan_in = shape[0]
+            elif len(shape) == 3:  # Conv1d [out, in, k]
+                fan_in = shape[1] * shape[2]
+            else:  # Linear [out, in]
+                fan_in = shape[-1]
+            gain = QK_GAIN if name.endswith(("q_proj.weight", "k_proj.weight")) else 1.0
+            gain = 2.0 if name.endswith("head.out.weight") else gain
+            value = rng.standard_normal(shape) * (gain / math.sqrt(fan_in))
+        flat[name] = jnp.asarray(value.astype(np.float32), dtype)
+    return nest(flat)
+
+
+def weight_values(shapes: dict[str, tuple[int, ...]], seed: int, dtype, weights: str) -> dict:
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS}, got {weights!r}")
+    if weights == "plain":
+        return random_params(shapes, seed, dtype)
+    return probing_params(shapes, seed, dtype)
+
+
+def lm_params(cfg: LMConfig, seed: int, dtype=jnp.float32, *, weights: str = "probing") -> dict:
+    """Random LM params of exactly ``lm.param_shapes(cfg)`` (``weights``: :data:`WEIGHTS`, default
+    :func:`probing_params`), with ``lm_head`` sharing the text embedding when tied, as :func:`mimo_ref.lm.load_lm`
+    does."""
+    params = weight_values(lm.param_shapes(cfg), seed, dtype, weights)
     if cfg.tie_word_embeddings:
         params["lm_head"] = {"weight": params["model"]["embed_tokens"]["weight"]}
     return params
@@ -421,17 +489,19 @@ def audio_configs() -> st.SearchStrategy[AudioTokenizerConfig]:
     return audio_config_dicts().map(lambda d: audio_config_from_dict(d, Path("<strategies audio_configs>")))
 
 
-def audio_params(cfg: AudioTokenizerConfig, seed: int, dtype=jnp.float32) -> dict:
+def audio_params(cfg: AudioTokenizerConfig, seed: int, dtype=jnp.float32, *, weights: str = "probing") -> dict:
     """Random tokenizer params of exactly ``param_shapes(cfg)``.
 
-    :func:`mimo_ref.bench.random_params` (N(0, 0.02) weights, unit norm weights, zero biases), with the two
+    ``weights`` (:data:`WEIGHTS`): :func:`probing_params` by default (non-unit norm scales, non-zero biases,
+    peaked attention, ISTFT magnitudes past the clip), or ``"plain"`` (N(0, 0.02) weights, unit norm weights, zero
+    biases); in both, the two
     tensors that are not learned weights set as a checkpoint holds them: the ISTFT window is the periodic Hann
     buffer (a random window would make the envelope division meaningless), and the RVQ codebooks are N(0, 1)
     (the scale of the LayerNorm'd features they quantize) and stay float32 in every dtype (official
     ``quantizer.float()``; bf16-rounded first in a bf16 run, as :func:`mimo_ref.audio.load_audio_tokenizer` does).
     """
     shapes = audio_param_shapes(cfg)
-    params = random_params(shapes, seed, dtype)
+    params = weight_values(shapes, seed, dtype, weights)
     params["decoder"]["vocoder"]["head"]["istft"]["window"] = jnp.asarray(periodic_hann(cfg.nfft), dtype)
     rng = np.random.default_rng(seed + 1)
     for level, size in enumerate(cfg.codebook_sizes):

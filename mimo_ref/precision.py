@@ -1,0 +1,162 @@
+"""Precision: the compute dtype and the weight storage, two separate notions resolved once at load.
+
+- **compute dtype** (``"float32"`` default, ``"float64"``, ``"bfloat16"``): the dtype activations, matmuls and
+  residual streams run in. Norms, softmax, RoPE tables and the ISTFT keep their own numerics policy on top of it
+  (see ``docs/numerics.md``).
+- **weight storage**: the dtype each weight is *held* in. By default a weight keeps the dtype the checkpoint
+  stores it in (the real LM stores bfloat16) unless that is wider than the compute dtype (a float32 checkpoint
+  run in bfloat16 is rounded at load, as ``model.bfloat16()`` would). ``weights="bfloat16"`` rounds every
+  weight to bfloat16 at load whatever the checkpoint holds (what the official ``MimoAudio`` wrapper does).
+
+A weight held narrower than the compute dtype is upcast **at use** (type promotion in ``x @ W``, or an explicit
+``astype`` where promotion alone would not reach the compute dtype). Upcasting bfloat16 (or float32) to a wider
+float is exact, so results are identical to upcasting every weight at load, with half (or a quarter) of the
+resident memory. ``tests/test_precision.py`` proves the identity.
+
+- **buffers** (``bf16_buffers``): the official wrapper's ``.bfloat16()`` on the audio tokenizer also rounds its
+  floating buffers, the RoPE ``inv_freq`` of its three transformers (the ISTFT window is a checkpoint tensor and
+  is rounded with the weights). ``bf16_buffers=True`` reproduces that.
+
+Presets (:data:`PRESETS`; the CLI's ``--precision``):
+
+========== ======== ==================== ============ =================================================
+name       compute  weights              bf16 buffers use it for
+========== ======== ==================== ============ =================================================
+float32    float32  as stored            no           the default reference (float32 math on the checkpoint)
+float64    float64  as stored            no           1e-6 comparisons of ports; error bars for float32
+bfloat16   bfloat16 bfloat16             no           a loose reference of bf16 serving stacks
+official   float32  rounded to bfloat16  yes          what the official wrapper (and the pipeline fixtures)
+                                                      compute: bit-exact ids end to end
+========== ======== ==================== ============ =================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+COMPUTE_DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
+WEIGHT_STORAGE = ("checkpoint", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """How a model is held and run: ``compute`` dtype name, ``weights`` storage, ``bf16_buffers``."""
+
+    compute: str = "float32"
+    weights: str = "checkpoint"  # "checkpoint": as stored (narrowed to compute if wider); "bfloat16": rounded
+    bf16_buffers: bool = False  # round the audio tokenizer's RoPE inv_freq to bfloat16 (official wrapper)
+
+    def __post_init__(self):
+        if self.compute not in COMPUTE_DTYPES:
+            raise ValueError(f"unknown compute dtype {self.compute!r}; choose one of {sorted(COMPUTE_DTYPES)}")
+        if self.weights not in WEIGHT_STORAGE:
+            raise ValueError(f"unknown weight storage {self.weights!r}; choose one of {list(WEIGHT_STORAGE)}")
+
+    @property
+    def dtype(self) -> jnp.dtype:
+        """The compute dtype as a JAX dtype."""
+        return jnp.dtype(COMPUTE_DTYPES[self.compute])
+
+    def storage_dtype(self, stored: np.dtype) -> np.dtype:
+        """The dtype a checkpoint tensor stored as ``stored`` is held in.
+
+        Floats: bfloat16 when ``weights="bfloat16"``; else the stored dtype, narrowed to the compute dtype when
+        wider (so a bf16 checkpoint run in float32 stays bf16, and a float32 checkpoint run in bfloat16 is
+        rounded). Integer / bool tensors are kept as stored.
+        """
+        stored = np.dtype(stored)
+        if not jnp.issubdtype(stored, jnp.floating):
+            return stored
+        if self.weights == "bfloat16":
+            return np.dtype(jnp.bfloat16)
+        if stored.itemsize > self.dtype.itemsize or (self.compute == "bfloat16" and stored != self.dtype):
+            return np.dtype(self.dtype)
+        return stored
+
+
+PRESETS = {
+    "float32": Precision("float32"),
+    "float64": Precision("float64"),
+    "bfloat16": Precision("bfloat16"),
+    "official": Precision("float32", weights="bfloat16", bf16_buffers=True),
+}
+
+
+def resolve_precision(precision: str | Precision | jnp.dtype | type) -> Precision:
+    """A preset name, a :class:`Precision`, or a compute dtype (``jnp.float64``) -> :class:`Precision`.
+
+    float64 compute needs JAX's x64 mode; the error says how to turn it on.
+    """
+    if isinstance(precision, Precision):
+        out = precision
+    elif isinstance(precision, str):
+        if precision not in PRESETS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRESETS)}")
+        out = PRESETS[precision]
+    else:
+        name = jnp.dtype(precision).name
+        if name not in COMPUTE_DTYPES:
+            raise ValueError(f"unsupported dtype {name}; use float32, bfloat16 or float64")
+        out = Precision(name)
+    if out.compute == "float64" and not jax.config.jax_enable_x64:
+        raise ValueError(
+            "float64 needs JAX's x64 mode: call `jax.config.update('jax_enable_x64', True)` first "
+            "(the CLI does this for --precision float64)"
+        )
+    return out
+
+
+def upcast(tree, dtype):
+    """Cast every floating leaf of a param (sub)tree to ``dtype`` (the compute dtype): "upcast at use".
+
+    Called inside traced code right where a block of weights is used, so XLA sees one conversion per use and
+    nothing is converted ahead of time on the host.
+    """
+    dtype = jnp.dtype(dtype)
+
+    def cast(leaf):
+        return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.dtype != dtype else leaf
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+def param_bytes(tree) -> int:
+    """Resident bytes of every array leaf of a param tree (shared leaves, e.g. tied embeddings, counted once)."""
+    seen, total = set(), 0
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if id(leaf) not in seen and hasattr(leaf, "nbytes"):
+            seen.add(id(leaf))
+            total += int(leaf.nbytes)
+    return total
+
+
+def model_dtype(compute_dtype: str | None, reference: jax.Array) -> jnp.dtype:
+    """The compute dtype of a model: its config's ``compute_dtype``, or (None) the dtype ``reference`` (a weight)
+    is held in, for params already cast to the compute dtype."""
+    return jnp.dtype(COMPUTE_DTYPES[compute_dtype]) if compute_dtype else jnp.dtype(reference.dtype)
+
+
+def at_use(tree, dtype, after: jax.Array):
+    """Upcast a block of weights (e.g. one transformer layer's) to ``dtype`` right where it is used.
+
+    A no-op when every floating leaf already has ``dtype`` (float32 weights under float32 compute). Otherwise an
+    ``optimization_barrier`` makes the conversion take ``after`` (the activation entering the block) as an input,
+    so XLA cannot schedule every layer's conversion at the start of the program, which would hold a converted
+    copy of the whole model at once (the 7B in bf16 storage would need 32 GB of float32 temporaries instead of
+    one layer's).
+
+    Exactness: the converted values equal upcasting at load bit for bit. The LM's results are bit-identical too
+    (``tests/test_precision.py``); in the audio tokenizer, XLA fuses some conversions into the norms that consume
+    them and the fused code may round a result differently (measured: 7e-7 max abs on the decoder's coarse mel,
+    1.3e-7 on the waveform; codes identical).
+    """
+    dtype = jnp.dtype(dtype)
+    leaves = jax.tree_util.tree_leaves(tree)
+    if all(leaf.dtype == dtype or not jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in leaves):
+        return tree
+    _, tree = jax.lax.optimization_barrier((after, tree))
+    return upcast(tree, dtype)

@@ -1,0 +1,177 @@
+"""Precision (mimo_ref/precision.py): weight storage apart from the compute dtype.
+
+A weight held narrower than the compute dtype is upcast at use; upcasting is exact, so every result must equal
+(bit for bit) the run whose params were upcast at load. Checked on the LM (forward + generation) and the audio
+tokenizer (codes + waveform), for bf16 storage under float32 compute and float32 storage under float64 compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from mimo_ref import audio, generate, lm
+from mimo_ref.precision import PRESETS, Precision, param_bytes, resolve_precision, upcast
+
+ROOT = Path(__file__).parents[1] / "weights"
+TINY_LM = ROOT / "mimo_audio_tiny"
+TINY_AUDIO = ROOT / "mimo_audio_tokenizer_tiny"
+
+
+def bf16_copy(src: Path, dst: Path) -> Path:
+    """The checkpoint ``src`` with every float tensor stored as bfloat16 (as the real LM checkpoint is)."""
+    shutil.copytree(src, dst)
+    tensors = load_file(str(dst / "model.safetensors"))
+    save_file(
+        {k: v.astype(ml_dtypes.bfloat16) if v.dtype.kind == "f" else v for k, v in tensors.items()},
+        str(dst / "model.safetensors"),
+    )
+    return dst
+
+
+def test_storage_rule():
+    bf16, f32, f64 = np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32), np.dtype(np.float64)
+    assert PRESETS["float32"].storage_dtype(bf16) == bf16  # kept, upcast at use
+    assert PRESETS["float32"].storage_dtype(f32) == f32
+    assert PRESETS["float32"].storage_dtype(f64) == f32  # wider than the compute dtype: narrowed at load
+    assert PRESETS["float64"].storage_dtype(f32) == f32
+    assert PRESETS["bfloat16"].storage_dtype(f32) == bf16
+    assert PRESETS["official"].storage_dtype(f32) == bf16  # the official wrapper's rounding
+    assert PRESETS["official"].storage_dtype(np.dtype(np.int64)) == np.dtype(np.int64)
+    with pytest.raises(ValueError, match="unknown precision 'float16'"):
+        resolve_precision("float16")
+    with pytest.raises(ValueError, match="unknown weight storage"):
+        Precision("float32", weights="int8")
+
+
+@pytest.fixture(scope="module")
+def bf16_lm(tmp_path_factory):
+    return bf16_copy(TINY_LM, tmp_path_factory.mktemp("lm") / "ckpt")
+
+
+def test_bf16_checkpoint_stays_bf16_and_equals_upcast_at_load(bf16_lm):
+    params, cfg, special = lm.load_lm(bf16_lm, "float32")
+    assert params["model"]["layers"][0]["mlp"]["up_proj"]["weight"].dtype == jnp.bfloat16
+    assert cfg.compute_dtype == "float32"
+    at_load = upcast(params, jnp.float32)  # what loading used to do: every weight float32 in memory
+    assert param_bytes(params) * 2 == param_bytes(at_load)
+
+    rng = np.random.default_rng(0)
+    g, c = cfg.group_size, cfg.audio_channels
+    ids = np.empty((1, c + 1, 6 * g), np.int32)
+    ids[0, 0] = rng.integers(0, 100, 6 * g)
+    ids[0, 0, 3 * g :] = special.empty  # half text groups, half speech groups
+    for ch, empty in enumerate(cfg.speech_empty_ids):
+        ids[0, ch + 1] = rng.integers(0, empty + 1, 6 * g)
+    forward = jax.jit(lm.forward, static_argnames=("cfg", "empty_id"))
+    stored = forward(params, ids, cfg=cfg, empty_id=special.empty)
+    loaded = forward(at_load, ids, cfg=cfg, empty_id=special.empty)
+    for a, b in zip(stored, loaded, strict=True):
+        assert a.dtype == jnp.float32
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    run = dict(max_new_groups=4, stop_tokens=())
+    np.testing.assert_array_equal(
+        generate.generate(params, cfg, special, ids[0], **run).ids,
+        generate.generate(at_load, cfg, special, ids[0], **run).ids,
+    )
+
+
+def test_float64_compute_keeps_float32_weights_and_equals_upcast_at_load():
+    with jax.enable_x64(True):
+        params, cfg, special = lm.load_lm(TINY_LM, "float64")
+        assert params["lm_head"]["weight"].dtype == jnp.float32
+        at_load = upcast(params, jnp.float64)
+        g, c = cfg.group_size, cfg.audio_channels
+        ids = np.zeros((1, c + 1, 2 * g), np.int64)
+        ids[0, 0] = special.empty
+        forward = jax.jit(lm.forward, static_argnames=("cfg", "empty_id"))
+        stored = forward(params, ids, cfg=cfg, empty_id=special.empty)
+        loaded = forward(at_load, ids, cfg=cfg, empty_id=special.empty)
+        for a, b in zip(stored, loaded, strict=True):
+            assert a.dtype == jnp.float64
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_audio_tokenizer_bf16_storage_equals_rounded_upcast_at_load():
+    """The official preset (bf16-rounded weights and RoPE buffers, float32 math) vs the same values held in
+    float32: identical codes, waveform within float32 rounding."""
+    params, cfg = audio.load_audio_tokenizer(TINY_AUDIO, "official")
+    assert params["decoder"]["layer_norm"]["weight"].dtype == jnp.bfloat16
+    assert cfg.compute_dtype == "float32" and cfg.bf16_buffers
+    at_load = upcast(params, jnp.float32)
+    wave = np.sin(np.arange(24000 // 2) * 0.05).astype(np.float32) * 0.3
+    codes_stored = audio.wav_to_codes(params, cfg, wave, 8)
+    codes_loaded = audio.wav_to_codes(at_load, cfg, wave, 8)
+    np.testing.assert_array_equal(codes_stored, codes_loaded)
+    wav_stored = audio.codes_to_wav(params, cfg, codes_stored)
+    wav_loaded = audio.codes_to_wav(at_load, cfg, codes_loaded)
+    # XLA may fuse a weight's conversion into the norm that consumes it and round differently (precision.at_use)
+    np.testing.assert_allclose(wav_stored, wav_loaded, rtol=0, atol=1e-6)
+    # the buffers' rounding is real: without it the waveform differs
+    plain = dataclasses.replace(cfg, bf16_buffers=False)
+    assert not np.array_equal(audio.codes_to_wav(params, plain, codes_stored), audio.codes_to_wav(params, cfg, codes_stored))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every precision end to end from the command line. float64 switches JAX's x64 mode on for the whole process, so
+# those runs go in a subprocess (the rest of the suite keeps float32 defaults).
+
+GOLDEN_WAV16 = Path(__file__).parent / "fixtures" / "golden" / "pipeline" / "speech_16k.wav"
+
+
+def run_cli_subprocess(tmp_path: Path, *commands: list[str]) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\nfrom mimo_ref import cli\n"
+        + "".join(f"code = cli.main({cmd!r})\nif code: sys.exit(code)\n" for cmd in commands)
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def test_float64_tts_and_asr_end_to_end(tmp_path):
+    fast = ["--max-new-groups", "4", "--no-progress", "--precision", "float64"]
+    proc = run_cli_subprocess(
+        tmp_path,
+        ["tts", "Hello world", "-o", str(tmp_path / "f64.wav"), *fast],
+        ["asr", str(GOLDEN_WAV16), *fast],
+    )
+    import soundfile as sf
+
+    info = sf.info(tmp_path / "f64.wav")
+    assert info.samplerate == 24000 and info.frames > 0
+    assert proc.stdout.endswith("\n")
+
+
+@pytest.mark.parametrize("precision", ["official", "bfloat16"])
+def test_other_precisions_end_to_end(precision, tmp_path, capsys):
+    from mimo_ref import cli
+
+    out = tmp_path / f"{precision}.wav"
+    assert cli.main(["tts", "Hello", "-o", str(out), "--max-new-groups", "4", "--no-progress", "--precision", precision]) == 0
+    assert out.is_file()
+
+
+def test_bench_reports_resident_bytes_per_storage(capsys):
+    """bf16 storage of a float32 checkpoint halves the resident parameter bytes; float32 compute either way."""
+    from mimo_ref import bench
+
+    common = dict(prompt_groups=2, new_groups=2, repeats=1)
+    as_stored = bench.run_bench(model=str(TINY_LM), **common)
+    rounded = bench.run_bench(model=str(TINY_LM), weights="bfloat16", **common)
+    assert as_stored["compute_dtype"] == rounded["compute_dtype"] == "float32"
+    assert rounded["weight_storage"] == "bfloat16"
+    assert as_stored["param_bytes"] == 2 * rounded["param_bytes"]
