@@ -218,6 +218,7 @@ def run_bench(
         raise ValueError("pass exactly one of a checkpoint (--model) or a preset with random weights (--preset)")
     if model is not None:
         place = None if mesh is None else sharding.lm_placer(model, mesh)
+        log.info("loading the LM from %s ...", model)
         params, cfg, special = lm.load_lm(model, precision, place=place)
         source = str(model)
     else:

@@ -541,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
         with stage_messages(getattr(args, "progress", None) is not False):
             return args.fn(args)
     except KeyboardInterrupt:
+        if sys.stderr.isatty():
+            print(file=sys.stderr)  # off a progress line that may be half drawn
         note("interrupted (Ctrl-C); outputs are written whole or not at all")
         return 130
     except CliError as exc:

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from mimo_ref import audio as audio_tok
-from mimo_ref.audio.streaming import StreamingConfig, init_state, streaming_decode
+from mimo_ref.audio.streaming import StreamingConfig, init_state, stream_frames_bound, streaming_decode
 from mimo_ref import generate, lm, prompts, sampling, sharding
 from mimo_ref.audio_io import AudioFileError, load_audio, resample
 from mimo_ref.checkpoint import resolve_checkpoint
@@ -174,12 +174,12 @@ def speech_chunks(
 
 
 def stream_speech(
-    chunks: Iterable[tuple[np.ndarray, bool]], audio: tuple[dict, Any], config: StreamingConfig
+    chunks: Iterable[tuple[np.ndarray, bool]], audio: tuple[dict, Any], config: StreamingConfig, *, pad_to: int = 0
 ) -> Iterator[np.ndarray]:
     """Code chunks (as :func:`speech_chunks` yields them) -> waveform chunks ``[samples]`` float32 at 24 kHz.
 
-    One stream through :func:`mimo_ref.audio.streaming.streaming_decode` with ``config``'s overlaps; calls that
-    return nothing yield nothing. An answer without any speech frame gives one second of silence, as the one-shot
+    One stream through :func:`mimo_ref.audio.streaming.streaming_decode` with ``config``'s overlaps (and its
+    ``pad_to``, which only picks the compiled shape); calls that return nothing yield nothing. An answer without any speech frame gives one second of silence, as the one-shot
     path (official ``forward()``).
     """
     params, acfg = audio
@@ -192,7 +192,7 @@ def stream_speech(
                 yield np.zeros(SAMPLE_RATE, np.float32)
             continue
         wavs, state = streaming_decode(
-            params, codes, [codes.shape[1]], state, cfg=acfg, config=config, last_chunk=last
+            params, codes, [codes.shape[1]], state, cfg=acfg, config=config, last_chunk=last, pad_to=pad_to
         )
         if wavs[0] is not None and wavs[0].shape[0] > 0:
             yield wavs[0]
@@ -421,11 +421,11 @@ class MimoAudio:
 
         generated = rows()
         opened = prompt_opens_speech(prompt.input_ids, special=self.special, cfg=cfg)
-        chunks = speech_chunks(
-            generated, special=self.special, cfg=cfg, chunk_frames=chunk_frames or cfg.group_size, opened=opened
-        )
+        chunk_frames = chunk_frames or cfg.group_size
+        chunks = speech_chunks(generated, special=self.special, cfg=cfg, chunk_frames=chunk_frames, opened=opened)
+        pad_to = stream_frames_bound(streaming, chunk_frames)  # one compiled decoder shape for the whole answer
         wavs = []
-        for wav in stream_speech(chunks, (self.audio_params, self.audio_cfg), streaming):
+        for wav in stream_speech(chunks, (self.audio_params, self.audio_cfg), streaming, pad_to=pad_to):
             wavs.append(wav)
             yield wav
         for _ in generated:  # the span closed early (<|eostm|>): let generation finish for the text and ids
@@ -497,6 +497,8 @@ class MimoAudio:
         self, audio: AudioInput, question: str, *, thinking: bool = False, seed: int = 0, max_new_groups=None
     ) -> Output:
         """Audio understanding: a question about the audio (official ``audio_understanding_sft``)."""
+        if isinstance(question, str) and not question.strip():
+            raise InputError("the question is empty")
         prompt = prompts.audio_understanding_prompt(self.ctx, self.encode_audio(audio), question, thinking=thinking)
         return self.run(prompt, seed=seed, max_new_groups=max_new_groups)
 

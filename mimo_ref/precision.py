@@ -111,17 +111,21 @@ def resolve_precision(precision: str | Precision | jnp.dtype | type) -> Precisio
 
 
 def upcast(tree, dtype):
-    """Cast every floating leaf of a param (sub)tree to ``dtype`` (the compute dtype): "upcast at use".
+    """Cast every floating leaf of a param (sub)tree narrower than ``dtype`` to ``dtype``: "upcast at use".
 
     Called inside traced code right where a block of weights is used, so XLA sees one conversion per use and
     nothing is converted ahead of time on the host.
     """
     dtype = jnp.dtype(dtype)
+    return jax.tree_util.tree_map(lambda leaf: leaf.astype(dtype) if narrower(leaf.dtype, dtype) else leaf, tree)
 
-    def cast(leaf):
-        return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.dtype != dtype else leaf
 
-    return jax.tree_util.tree_map(cast, tree)
+def narrower(leaf_dtype, dtype) -> bool:
+    """True for a floating dtype with fewer bits than ``dtype``: the only leaves :func:`upcast` converts. Never
+    narrowing matters where an activation is deliberately narrower than the model (the patch encoder's bf16 input
+    meets float32 weights, as officially; narrowing them to the input's dtype would change the math)."""
+    leaf_dtype = jnp.dtype(leaf_dtype)
+    return jnp.issubdtype(leaf_dtype, jnp.floating) and leaf_dtype.itemsize < jnp.dtype(dtype).itemsize
 
 
 def param_bytes(tree) -> int:
@@ -143,7 +147,8 @@ def model_dtype(compute_dtype: str | None, reference: jax.Array) -> jnp.dtype:
 def at_use(tree, dtype, after: jax.Array):
     """Upcast a block of weights (e.g. one transformer layer's) to ``dtype`` right where it is used.
 
-    A no-op when every floating leaf already has ``dtype`` (float32 weights under float32 compute). Otherwise an
+    A no-op unless some floating leaf is narrower than ``dtype`` (float32 weights under float32 compute, or
+    float32 weights meeting the patch encoder's bf16 input: weights are never narrowed). Otherwise an
     ``optimization_barrier`` makes the conversion take ``after`` (the activation entering the block) as an input,
     so XLA cannot schedule every layer's conversion at the start of the program, which would hold a converted
     copy of the whole model at once (the 7B in bf16 storage would need 32 GB of float32 temporaries instead of
@@ -154,9 +159,7 @@ def at_use(tree, dtype, after: jax.Array):
     them and the fused code may round a result differently (measured: 7e-7 max abs on the decoder's coarse mel,
     1.3e-7 on the waveform; codes identical).
     """
-    dtype = jnp.dtype(dtype)
-    leaves = jax.tree_util.tree_leaves(tree)
-    if all(leaf.dtype == dtype or not jnp.issubdtype(leaf.dtype, jnp.floating) for leaf in leaves):
+    if not any(narrower(leaf.dtype, dtype) for leaf in jax.tree_util.tree_leaves(tree)):
         return tree
     _, tree = jax.lax.optimization_barrier((after, tree))
     return upcast(tree, dtype)

@@ -121,7 +121,7 @@ def shard_report(params, shapes: dict, rules, mesh) -> dict:
     the_plan = sharding.plan(shapes, rules, dict(mesh.shape))
     flat = flatten(params)
     wrong = []
-    for name, expected in shapes.items():
+    for name in shapes:
         got = {tuple(s.data.shape) for s in flat[name].addressable_shards}
         if got != {the_plan.shard_shape(name)} or len(flat[name].addressable_shards) != 8:
             wrong.append(f"{name}: {sorted(got)} != {the_plan.shard_shape(name)}")

@@ -118,7 +118,9 @@ def test_audio_tokenizer_bf16_storage_equals_rounded_upcast_at_load():
     np.testing.assert_allclose(wav_stored, wav_loaded, rtol=0, atol=1e-6)
     # the buffers' rounding is real: without it the waveform differs
     plain = dataclasses.replace(cfg, bf16_buffers=False)
-    assert not np.array_equal(audio.codes_to_wav(params, plain, codes_stored), audio.codes_to_wav(params, cfg, codes_stored))
+    assert not np.array_equal(
+        audio.codes_to_wav(params, plain, codes_stored), audio.codes_to_wav(params, cfg, codes_stored)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,9 +134,8 @@ def run_cli_subprocess(tmp_path: Path, *commands: list[str]) -> None:
     import subprocess
     import sys
 
-    script = (
-        "import sys\nfrom mimo_ref import cli\n"
-        + "".join(f"code = cli.main({cmd!r})\nif code: sys.exit(code)\n" for cmd in commands)
+    script = "import sys\nfrom mimo_ref import cli\n" + "".join(
+        f"code = cli.main({cmd!r})\nif code: sys.exit(code)\n" for cmd in commands
     )
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -161,7 +162,10 @@ def test_other_precisions_end_to_end(precision, tmp_path, capsys):
     from mimo_ref import cli
 
     out = tmp_path / f"{precision}.wav"
-    assert cli.main(["tts", "Hello", "-o", str(out), "--max-new-groups", "4", "--no-progress", "--precision", precision]) == 0
+    assert (
+        cli.main(["tts", "Hello", "-o", str(out), "--max-new-groups", "4", "--no-progress", "--precision", precision])
+        == 0
+    )
     assert out.is_file()
 
 

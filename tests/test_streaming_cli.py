@@ -38,7 +38,8 @@ def streamed_tts() -> tuple[tuple[np.ndarray, ...], pipeline.Output]:
 
 def test_tts_stream_is_the_pure_streaming_decode_of_the_answer():
     """The generator's chunks are exactly what ``streaming_decode`` returns for the answer's speech span fed one
-    group (G frames) at a time; the Output's wav is their concatenation and its ids are the one-shot run's."""
+    group (G frames) at a time; the Output's wav is their concatenation. (The ids are the one-shot run's:
+    ``generate_stream`` is ``generate``'s twin, tests/test_generate.py.)"""
     chunks, out = streamed_tts()
     m = mimo()
     assert len(chunks) > 1  # a real stream: several chunks
@@ -58,10 +59,7 @@ def test_tts_stream_is_the_pure_streaming_decode_of_the_answer():
     for a, b in zip(chunks, pure, strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(out.wav, np.concatenate(chunks))
-    one_shot = m.tts(TEXT, max_new_groups=GROUPS)
-    np.testing.assert_array_equal(out.ids, one_shot.ids)
-    assert out.text == one_shot.text
-    assert out.wav.shape == one_shot.wav.shape  # same samples count; values differ near chunk borders
+    assert out.wav.shape == (t * m.audio_cfg.samples_per_code,)  # one stream: frames x 960 samples
 
 
 def test_cli_stream_writes_the_chunks_to_a_wav(tmp_path, capsys):

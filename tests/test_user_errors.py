@@ -189,6 +189,7 @@ API_ROWS = [
     ("dialogue-multiturn-empty", lambda m: m.dialogue_multiturn([]), "messages is empty"),
     ("s2t-multiturn-empty", lambda m: m.s2t_multiturn([]), "messages is empty"),
     ("chat-multiturn-empty", lambda m: m.chat_multiturn([]), "messages is empty"),
+    ("understand-empty-question", lambda m: m.understand(str(WAV24), " "), "the question is empty"),
     (
         "message-names-missing-file",
         lambda m: m.dialogue_multiturn([{"role": "user", "content": "q2.wav"}]),
@@ -330,7 +331,8 @@ def test_bench_reports_stages_and_documents_every_key(capsys):
     assert cli.main(["bench", "--prompt-groups", "4", "--new-groups", "3", "--repeats", "1"]) == 0
     out, err = capsys.readouterr()
     result = json.loads(out)
-    assert "compiling generate for 3 groups x 1 rows" in err and "timing" in err  # stage messages as it runs
+    for stage in ("loading the LM from", "compiling generate for 3 groups x 1 rows", "timing"):
+        assert stage in err  # stage messages as it runs
     undocumented = set(result) - set(bench.JSON_KEYS)
     assert not undocumented, f"bench keys missing from bench.JSON_KEYS: {undocumented}"
     page = (DOCS / "generation.md").read_text()

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
-
-import dataclasses
 
 from mimo_ref.audio.config import AudioTokenizerConfig, load_audio_config, param_shapes
 from mimo_ref.checkpoint import load_params, resolve_checkpoint

@@ -118,6 +118,13 @@ def samples_per_frame(cfg: AudioTokenizerConfig) -> int:
 rvq_decode_jit = jax.jit(rvq_decode)  # codes [C, Nb] (bucketed) -> [Nb, D] float32: one compile per bucket
 
 
+def stream_frames_bound(config: StreamingConfig, chunk_frames: int) -> int:
+    """The most frames any call decodes per stream when every call brings at most ``chunk_frames`` new ones:
+    the cache never holds more than ``max(left_overlap, right_overlap)`` frames between calls (an emitting call
+    keeps at most ``left_overlap``, a silent one at most ``right_overlap``). Pass it as ``pad_to``."""
+    return max(config.left_overlap, config.right_overlap) + chunk_frames
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def decode_hidden_padded(params: Params, hidden: jax.Array, lengths: jax.Array, *, cfg: AudioTokenizerConfig):
     """The tokenizer's decoder + vocoder on RVQ-decoded rows (official ``AudioDecoder.forward`` on a packed batch).
@@ -162,13 +169,17 @@ def streaming_decode(
     cfg: AudioTokenizerConfig,
     config: StreamingConfig = StreamingConfig(),
     last_chunk: bool = False,
+    pad_to: int = 0,
 ) -> tuple[list[np.ndarray | None], StreamingState]:
     """One official ``streaming_decode`` call.
 
     params: the full tokenizer params. codes ``[C, N]`` int: this call's chunk of every stream, concatenated along
     time in stream order (stream i contributes ``chunk_lengths[i]`` frames, possibly 0; ``N = sum``).
     state: :func:`init_state` for the first call, then what the previous call returned. ``config``: the overlaps.
-    ``last_chunk``: True on the final call only (flushes what was held back).
+    ``last_chunk``: True on the final call only (flushes what was held back). ``pad_to``: pad the decoded batch
+    to the length bucket of at least this many frames (:func:`stream_frames_bound` gives one that holds every call
+    of a stream, so the whole stream runs one compiled program); by default each call pads its own input to a
+    power-of-two bucket from 64 frames. Padding never changes the result.
 
     Returns ``(wavs, new_state)``: ``wavs[i]`` is stream i's new waveform ``[samples]`` float32 (official
     ``wav.float()``), or None when the call returned nothing for it. Sample counts are multiples of
@@ -186,7 +197,11 @@ def streaming_decode(
     ]
     input_lengths = [x.shape[0] for x in inputs]
 
-    bucket = bucket_length(max(input_lengths), minimum=BUCKET_MINIMUM, step=512)  # [B, Tb, D]: few compiled shapes
+    u = samples_per_frame(cfg)
+    if not last_chunk and all(length <= config.right_overlap for length in input_lengths):
+        # every stream returns None: the official call decodes the batch and discards it; skip that work
+        return [None] * len(inputs), StreamingState(hidden=tuple(inputs), processed=(0,) * len(inputs))
+    bucket = bucket_length(max(*input_lengths, pad_to), minimum=BUCKET_MINIMUM, step=512)  # few compiled shapes
     padded = np.zeros((len(inputs), bucket, cfg.d_model), np.float32)  # [B, Tb, D]
     for i, x in enumerate(inputs):
         padded[i, : x.shape[0]] = x
@@ -194,7 +209,6 @@ def streaming_decode(
     batch_samples = int(np.max(np.asarray(mel_lengths))) * cfg.hop_length  # official output: padded to the longest
     wav = np.asarray(wav)[:, 0, :batch_samples].astype(np.float32)  # [B, 1, Tb * u] -> [B, batch_samples]
 
-    u = samples_per_frame(cfg)
     wavs: list[np.ndarray | None] = []
     hidden, processed = [], []
     for i, length in enumerate(input_lengths):

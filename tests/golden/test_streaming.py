@@ -18,7 +18,13 @@ import numpy as np
 import pytest
 
 from mimo_ref.audio import load_audio_tokenizer
-from mimo_ref.audio.streaming import StreamingConfig, init_state, samples_per_frame, streaming_decode
+from mimo_ref.audio.streaming import (
+    StreamingConfig,
+    init_state,
+    samples_per_frame,
+    stream_frames_bound,
+    streaming_decode,
+)
 from tests.golden_utils import assert_close, load_arrays
 
 DTYPES = {"f32": "float32", "f64": "float64"}
@@ -67,6 +73,9 @@ def test_streaming_decode_matches_official(audio_dir, case, prefix):
     for i in range(streams):  # the chunks cover each stream's codes exactly
         assert sum(row[i] for row in calls) == codes[i].shape[1], f"stream {i}: chunk lengths != code frames"
     config = StreamingConfig(left_overlap=spec["left_overlap"], right_overlap=spec["right_overlap"])
+    # every call padded to one bucket, as the pipeline does: one compile per case (padding never changes results;
+    # the default per-call buckets are checked against one-shot decodes in tests/properties/test_prop_streaming.py)
+    pad_to = stream_frames_bound(config, max(max(row) for row in calls))
 
     with jax.enable_x64(prefix == "f64"):
         params, cfg = _tokenizer(str(audio_dir), prefix)
@@ -78,7 +87,7 @@ def test_streaming_decode_matches_official(audio_dir, case, prefix):
             )  # S x [C, n_i] -> [C, sum n_i], stream order
             offsets = [o + n for o, n in zip(offsets, lengths, strict=True)]
             wavs, state = streaming_decode(
-                params, chunk, lengths, state, cfg=cfg, config=config, last_chunk=k == len(calls) - 1
+                params, chunk, lengths, state, cfg=cfg, config=config, last_chunk=k == len(calls) - 1, pad_to=pad_to
             )
             for i, wav in enumerate(wavs):
                 key = f"{prefix}.{case}.call{k}.stream{i}"
