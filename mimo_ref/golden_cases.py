@@ -1,4 +1,4 @@
-"""The official calls behind the pipeline golden fixtures, and teacher-forced comparison of generations.
+"""The official calls behind the golden fixtures.
 
 Shared by the golden tests (``tests/golden/``) and ``mimo-ref verify`` (:mod:`mimo_ref.verify`), so both check
 exactly the same thing. See ``docs/fixtures.md`` for how the fixtures were made and what each one proves.
@@ -7,26 +7,18 @@ exactly the same thing. See ``docs/fixtures.md`` for how the fixtures were made 
   :func:`text_call` / :func:`audio_call` are those calls (the table of ``tests/fixtures/golden/arguments.md``),
   written against :mod:`mimo_ref.prompts`. Ids, shapes and the randomly drawn templates come from the fixture
   files (``cases.json`` ``templates_used``); only the call arguments are written here.
-- Generations: ``pipeline/expected.safetensors`` ``e2e_*.generated_ids`` were produced by the official wrapper in
-  **bfloat16** on another machine, whose bf16 kernels round differently from any CPU here, so a free-running
-  greedy generation cannot reproduce them (a near-tie decided differently changes everything after it).
-  :func:`teacher_forced_decisions` instead replays the official ids through this port's float32 model and
-  compares every decision the official run made, one at a time, each from the official history.
+- Generations: :func:`fixture_generate` is the official ``generate()`` run of the ``lm/`` fixtures. The
+  pipeline runs (``e2e_*``) are plain greedy generations in the ``official`` precision (see ``docs/numerics.md``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.experimental import io_callback
 
-from mimo_ref import generate, lm, sampling
+from mimo_ref import generate
 from mimo_ref import prompts as P
-from mimo_ref.config import LMConfig, SpecialTokens
 
 # ----------------------------------------------------------------------------------------------------------------
 # Prompt cases (arguments.md). Audio arguments are the names of the fixture wavs: "W24" = cases.json
@@ -62,28 +54,6 @@ AUDIO_CASES: dict[str, list[tuple[str, str]]] = {
     "s2t_dialogue_multiturn": [("user0", "W24"), ("user2", "W16")],
     "in_context_s2s": [("example_in", "W24"), ("example_out", "W16"), ("input", "W16")],
 }
-
-# The official wrapper encodes prompt audio with the tokenizer cast to bfloat16 (`MimoAudio.__init__`:
-# `.bfloat16()`), and the fixtures were made on a machine whose bfloat16 kernels round differently from this
-# CPU's: official torch run here reproduces neither the fixture codes in bfloat16 (90% of them for speech_24k)
-# nor in float32 (93%), while this port's float32 codes equal official torch float32 exactly. Codes of this
-# random tiny tokenizer sit close to ties, so the rounding of a bfloat16 run decides about one code in ten.
-# Pinned from a wav: the shape and every non-code id exactly, and at least MIN_CODE_AGREEMENT of the codes (a
-# wrong tokenizer agrees on about 1/1024 to 1/128 of them). The layout cases pin everything else exactly.
-MIN_CODE_AGREEMENT = 0.85
-
-# Teacher-forced decisions (see `teacher_forced_decisions`). A decision whose top-1/top-2 logit margin in this
-# port's float32 run exceeds DECISION_MARGIN must equal the official one. Measured on the bundled fixtures: every
-# disagreement had a margin below 0.008 (1 of 96 patch-decoder decisions for e2e_asr, 2 of 256 for e2e_tts; all
-# text decisions agree, smallest margin 0.056), while 82% of all decisions have a margin above 0.05. At least
-# MIN_CONFIDENT_FRACTION of the decisions must clear the margin, so the rule can never pass vacuously.
-DECISION_MARGIN = 0.05
-MIN_CONFIDENT_FRACTION = 0.5
-
-# e2e_tts.wav was decoded by the official tokenizer in bfloat16 (then written as 16-bit PCM): this port's float32
-# decode of the same codes is 9.6e-3 away (relative L2; max abs 3.0e-3), so the tokenizer's bfloat16 tolerance
-# applies. A 16-bit quantisation tolerance (~3e-5 abs) is unreachable against a bfloat16 decode.
-WAV_TOL = 5e-2
 
 
 def text_call(name: str, ctx: P.PromptContext, templates: Sequence) -> P.Prompt:
@@ -191,145 +161,6 @@ def official_prompt(name: str, ctx: P.PromptContext, golden_ids: np.ndarray, tem
         )
     codes = {arg: c for (arg, _), c in zip(AUDIO_CASES[name], found, strict=True)}
     return audio_call(name, ctx, codes, templates)
-
-
-def code_agreement(actual: np.ndarray, expected: np.ndarray, ctx: P.PromptContext) -> float:
-    """Fraction of the audio-code positions (speech ids that are not empty ids in ``expected``) that agree."""
-    empty = np.asarray(ctx.speech_empty_ids)[:, None]  # [C, 1]
-    is_code = expected[1:] != empty  # [C, L]
-    return float(np.mean(actual[1:][is_code] == expected[1:][is_code]))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Teacher forcing
-
-
-@dataclasses.dataclass(frozen=True)
-class Decisions:
-    """Every decision of a greedy generation, replayed from the official history. Arrays of N decisions.
-
-    kind ``[N]``: ``"text"`` (the global sampler's text token of a generated group) or ``"speech"`` (one channel's
-    token at one patch-decoder step of a speech group). group ``[N]``: generated group index (0 = first after the
-    prompt). channel / frame ``[N]``: audio channel and frame within the group (-1 for text). ours ``[N]``: this
-    port's greedy choice. official ``[N]``: the official token. margin ``[N]``: top-1 minus top-2 of this port's
-    scores (logits; empty id removed for speech), i.e. how far this port is from choosing otherwise.
-    """
-
-    kind: np.ndarray
-    group: np.ndarray
-    channel: np.ndarray
-    frame: np.ndarray
-    ours: np.ndarray
-    official: np.ndarray
-    margin: np.ndarray
-
-    @property
-    def agree(self) -> np.ndarray:
-        return self.ours == self.official
-
-    def confident(self, tau: float = DECISION_MARGIN) -> np.ndarray:
-        return self.margin > tau
-
-    def violations(self, tau: float = DECISION_MARGIN) -> np.ndarray:
-        """Indices of decisions with margin > tau that disagree with the official one (must be none)."""
-        return np.flatnonzero(self.confident(tau) & ~self.agree)
-
-    def summary(self, tau: float = DECISION_MARGIN) -> str:
-        parts = []
-        for kind in ("text", "speech"):
-            sel = self.kind == kind
-            close = np.flatnonzero(sel & ~self.agree)
-            margins = ", ".join(f"{m:.4f}" for m in self.margin[close])
-            parts.append(
-                f"{kind} {int(sel.sum()) - close.size}/{int(sel.sum())} agree"
-                + (f" (differ at margin {margins})" if close.size else "")
-            )
-        return "; ".join(parts) + f"; {np.mean(self.confident(tau)):.0%} of decisions have margin > {tau}"
-
-
-_forward = jax.jit(lm.forward, static_argnames=("cfg", "empty_id"))
-_heads = jax.jit(lm.heads)
-
-
-def top2_margin(scores: np.ndarray) -> np.ndarray:
-    """Top-1 minus top-2 along the last axis. ``[..., V]`` -> ``[...]``."""
-    top = np.sort(scores, axis=-1)[..., -2:]  # [..., 2] ascending
-    return top[..., 1] - top[..., 0]
-
-
-def teacher_forced_decisions(
-    params: dict, cfg: LMConfig, special: SpecialTokens, ids: np.ndarray, prompt_columns: int
-) -> Decisions:
-    """Replay a greedy generation ``ids`` ``[C+1, L]`` (prompt, then generated groups) through this port.
-
-    The backbone runs once over the whole sequence (causal, so the hidden state at group p sees groups 0..p
-    only and predicts group p+1): generated group k's text decision is the argmax of the text logits at position
-    ``prompt_groups + k - 1``. For the groups whose official text token is ``<|empty|>`` (speech groups), the
-    patch decoder (:func:`mimo_ref.lm.patch_decoder`, batched over those groups) runs with a *forcing* chooser:
-    it returns the official tokens, so every step's input is the official history, and records what this port's
-    greedy local sampler would have chosen (argmax with the channel's empty id removed) for each active channel.
-    The chooser hands each step's scores to the host with ``io_callback``: the patch decoder itself runs
-    unchanged, the same compiled loop as in generation.
-    """
-    ids = np.asarray(ids)
-    g, c = cfg.group_size, cfg.audio_channels
-    if ids.ndim != 2 or ids.shape[0] != c + 1 or ids.shape[1] % g:
-        raise ValueError(f"ids must be [C+1, L] with C = {c} and L a multiple of G = {g}, got {ids.shape}")
-    if prompt_columns % g or not 0 < prompt_columns < ids.shape[1]:
-        raise ValueError(f"prompt_columns {prompt_columns} must be a multiple of G inside the {ids.shape[1]} columns")
-    p = prompt_columns // g  # prompt groups
-    n = ids.shape[1] // g - p  # generated groups
-    _, hidden, _, _ = _forward(params, jnp.asarray(ids[None]), cfg=cfg, empty_id=special.empty)  # -> [1, T, D]
-    logits, local_hidden = _heads(params, hidden[0, p - 1 : p - 1 + n])  # [n, D] -> [n, V], [n, Dl]
-    logits = np.asarray(logits, np.float32)
-    official_text = ids[0, prompt_columns::g]  # [L] -> [n]: each generated group's text token
-
-    rows = {name: [] for name in ("kind", "group", "channel", "frame", "ours", "official", "margin")}
-
-    def add(kind, group, channel, frame, ours, official, margin):
-        for name, value in zip(rows, (kind, group, channel, frame, ours, official, margin), strict=True):
-            rows[name].append(value)
-
-    for k in range(n):
-        add("text", k, -1, -1, int(np.argmax(logits[k])), int(official_text[k]), float(top2_margin(logits[k])))
-
-    speech_groups = np.flatnonzero(official_text == special.empty)  # [S]
-    if speech_groups.size:
-        cols = (p + speech_groups)[:, None] * g + np.arange(g)[None, :]  # [S, G] column of each frame
-        official = ids[1:, cols].transpose(1, 2, 0)  # [C, S, G] -> [S, G, C]
-        _, empty = lm.speech_vocab_masks(cfg)  # [C, Vmax]
-        forced = jnp.asarray(official, jnp.int32)
-        recorded: dict[int, np.ndarray] = {}  # step -> scores [S, C, Vmax]
-
-        def record(step, scores):
-            recorded[int(step)] = np.asarray(scores, np.float32)
-
-        def forcing(step_logits, step, keys):
-            io_callback(record, None, step, sampling.remove_tokens(step_logits, empty[None]), ordered=True)
-            _, frame = lm.channel_activity(step, cfg=cfg)  # [C]
-            return forced[:, frame, jnp.arange(c)]  # [S, G, C] -> [S, C]: each channel's official frame
-
-        keys = jax.random.split(jax.random.key(0), speech_groups.size)  # unused by `forcing`
-        tokens = lm.patch_decoder(params, local_hidden[speech_groups], forcing, keys, cfg=cfg)
-        if not np.array_equal(np.asarray(tokens), official) or sorted(recorded) != list(range(cfg.local_steps)):
-            raise RuntimeError("teacher forcing did not replay the official tokens step by step")
-        for step, scores in sorted(recorded.items()):
-            active, frame = (np.asarray(a) for a in lm.channel_activity(step, cfg=cfg))
-            ours, margin = scores.argmax(-1), top2_margin(scores)  # [S, C]
-            for s, k in enumerate(speech_groups):
-                for ch in np.flatnonzero(active):
-                    f = int(frame[ch])
-                    add("speech", int(k), int(ch), f, int(ours[s, ch]), int(official[s, f, ch]), float(margin[s, ch]))
-
-    return Decisions(
-        kind=np.asarray(rows["kind"]),
-        group=np.asarray(rows["group"], np.int64),
-        channel=np.asarray(rows["channel"], np.int64),
-        frame=np.asarray(rows["frame"], np.int64),
-        ours=np.asarray(rows["ours"], np.int64),
-        official=np.asarray(rows["official"], np.int64),
-        margin=np.asarray(rows["margin"], np.float64),
-    )
 
 
 def fixture_generate(params, cfg, special, inputs: dict, *, with_stop: bool) -> np.ndarray:
