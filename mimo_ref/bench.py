@@ -88,6 +88,16 @@ def random_weight_bytes(shapes: dict[str, tuple[int, ...]], dtype) -> tuple[int,
     return held, held + max(sizes, default=0) * 4
 
 
+def available_host_bytes() -> int | None:
+    """Memory the OS could give this process now (Linux ``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            fields = dict(line.split(":", 1) for line in fh)
+        return int(fields["MemAvailable"].split()[0]) * 1024  # reported in kB
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def memory_limit_bytes() -> int | None:
     """What the weights must fit in: the accelerator's memory (its allocator's limit) on a GPU/TPU backend, the
     machine's physical memory on the CPU backend; None where neither is known."""
@@ -237,6 +247,9 @@ def run_bench(
                 f"preset {preset} needs about {peak / 1e9:.1f} GB of memory for its weights but this "
                 f"{jax.default_backend()} backend has {limit / 1e9:.1f} GB; use --precision bfloat16 or --preset small"
             )
+        free = available_host_bytes() if jax.default_backend() == "cpu" else None
+        if free is not None and peak > free:
+            log.warning("only %.1f GB of memory is free now: building may swap or be killed", free / 1e9)
         place = None if mesh is None else sharding.placer(sharding.lm_rules(cfg), mesh)
         params = random_params(shapes, seed, storage, place=place)
         special = synthetic_special(cfg.vocab_size)

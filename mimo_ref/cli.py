@@ -27,6 +27,7 @@ EXAMPLES = {
     "bench": "mimo-ref bench --preset small --random-weights --prompt-groups 32 --new-groups 32",
     "dump": "mimo-ref dump --audio speech.wav --text 'Hello' -o ref.safetensors",
     "compare": "mimo-ref compare ref.safetensors candidate.safetensors --rtol 1e-5 --only lm.patch_decoder",
+    "make-checkpoint": "mimo-ref make-checkpoint --what both -o /data/scale_ckpt",
 }
 
 
@@ -74,9 +75,21 @@ def add_precision_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def mesh_arg(text: str) -> str:
+    """``--mesh`` is checked when parsed (its device count when the model loads)."""
+    from mimo_ref.sharding import ShardingError, parse_mesh
+
+    try:
+        parse_mesh(text)
+    except ShardingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def add_mesh_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mesh",
+        type=mesh_arg,
         default=None,
         metavar="data=D,model=M",
         help="run on D*M devices: batch rows split over D, weights over M (tensor parallel), e.g. data=2,model=4 "
@@ -398,6 +411,28 @@ def cmd_compare(args) -> int:
     return 0 if report["passed"] else 1
 
 
+def cmd_make_checkpoint(args) -> int:
+    import resource
+
+    from mimo_ref import scale
+
+    summaries = scale.make_checkpoints(
+        args.output,
+        what=args.what,
+        width_divisor=args.width_divisor,
+        layers=args.layers,
+        seed=args.seed,
+        max_shard_bytes=scale.parse_size(args.shard_size),
+        force=args.force,
+    )
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    for s in summaries:
+        size = f"{s['bytes'] / 1e9:.2f} GB in {len(s['files'])} file(s)"
+        note(f"wrote {s['folder']}: {s['tensors']} tensors, {size}, {s['seconds']:.1f} s")
+    print(json.dumps({"checkpoints": summaries, "peak_rss_mib": round(peak_mb, 1)}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mimo-ref",
@@ -530,6 +565,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--require", action="store_true", help="fail when the candidate lacks any reference tensor")
     p.add_argument("--format", default="table", choices=["table", "json"], help="report format")
+
+    p = command(
+        "make-checkpoint",
+        "write random-weight checkpoints in the real Hugging Face layout at the real shapes (docs/scale.md)",
+        cmd_make_checkpoint,
+    )
+    p.add_argument(
+        "--what",
+        default="both",
+        choices=["lm", "audio-tokenizer", "both"],
+        help="which checkpoint: the LM (OUTPUT/lm, sharded bf16, with a generated text tokenizer), the audio "
+        "tokenizer (OUTPUT/audio_tokenizer, float32) or both",
+    )
+    p.add_argument("-o", "--output", required=True, help="folder that receives lm/ and/or audio_tokenizer/")
+    p.add_argument(
+        "--width-divisor",
+        type=int,
+        default=1,
+        metavar="K",
+        help="divide every width and head count by this, for small test models (1: the real shapes)",
+    )
+    p.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cap every stack's layer count at this (default: the real counts)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights; any integer (mod 2**32)")
+    p.add_argument(
+        "--shard-size",
+        default="5GB",
+        metavar="SIZE",
+        help="largest LM shard: bytes or a size such as 5GB, 500MB (decimal units)",
+    )
+    p.add_argument("--force", action="store_true", help="replace existing non-empty lm/ or audio_tokenizer/ folders")
     return parser
 
 

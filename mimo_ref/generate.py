@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -146,12 +147,34 @@ def left_pad(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def prefill(params, ids: jax.Array, pads: jax.Array, *, st: StepStatic) -> dict:
-    """Run the backbone over the padded prompts and build the loop state.
+@dataclasses.dataclass(frozen=True)
+class DecodeState:
+    """The ``lax.while_loop`` carry: everything one group step reads and writes (a registered pytree).
 
-    ids ``[B, C+1, P*G]``, pads ``[B]`` -> state dict: ``cache``, ``logits`` ``[B, V]``, ``local_hidden`` ``[B, Dl]``,
-    ``new`` ``[B, N, C+1, G]`` (generated groups), ``step`` (groups generated), ``done`` ``[B]``,
-    ``n_new`` ``[B]`` (groups generated per row until it stopped).
+    S = P + N cache slots (P prompt slots, N = ``max_new_groups``).
+    """
+
+    cache: lm.KVCache  # per backbone layer {"k", "v": [B, S, K, H]}
+    key_valid: jax.Array  # [B, S] bool: False at left-padding slots
+    logits: jax.Array  # [B, V] text logits at the last fed position
+    local_hidden: jax.Array  # [B, Dl] patch-decoder input at the last fed position
+    groups: jax.Array  # [B, N, C+1, G] int32: generated groups (frozen once a row is done)
+    step: jax.Array  # [] int32: groups generated so far (the loop counter)
+    done: jax.Array  # [B] bool: the row has stopped
+    n_generated: jax.Array  # [B] int32: groups the row generated until it stopped
+
+
+jax.tree_util.register_dataclass(
+    DecodeState,
+    data_fields=["cache", "key_valid", "logits", "local_hidden", "groups", "step", "done", "n_generated"],
+    meta_fields=[],
+)
+
+
+def prefill(params, ids: jax.Array, pads: jax.Array, *, st: StepStatic) -> DecodeState:
+    """Run :func:`mimo_ref.lm.step` over the padded prompts into a fresh cache and build the loop state.
+
+    ids ``[B, C+1, P*G]``, pads ``[B]`` (left-padding groups per row) -> :class:`DecodeState`.
     """
     cfg = st.cfg
     b = ids.shape[0]
@@ -159,103 +182,97 @@ def prefill(params, ids: jax.Array, pads: jax.Array, *, st: StepStatic) -> dict:
     slot = jnp.arange(p, dtype=jnp.int32)[None, :]  # [1, P]
     valid = slot >= pads[:, None]  # [B, P]
     positions = jnp.where(valid, jnp.cumsum(valid, axis=1) - 1, 1).astype(jnp.int32)  # [B, P], pads at 1
-    embeds = lm.input_embeds(params, ids, cfg=cfg, empty_id=st.special.empty)  # -> [B, P, D]
-    cache = lm.init_cache(cfg.backbone, b, p + st.max_new_groups, embeds.dtype)
+    cache = lm.init_cache(cfg.backbone, b, p + st.max_new_groups, lm.compute_dtype(params, cfg))
     key_valid = jnp.concatenate([valid, jnp.ones((b, st.max_new_groups), bool)], axis=1)  # [B, S]
-    hidden, cache = lm.backbone(params, embeds, positions, cfg=cfg, cache=cache, write_pos=0, key_valid=key_valid)
-    logits, local_hidden = lm.heads(params, hidden[:, -1])
+    out = lm.step(params, ids, positions, cfg=cfg, empty_id=st.special.empty, cache=cache, key_valid=key_valid)
     g, c = cfg.group_size, cfg.audio_channels
-    return {
-        "cache": cache,
-        "key_valid": key_valid,
-        "logits": logits,
-        "local_hidden": local_hidden,
-        "new": jnp.zeros((b, st.max_new_groups, c + 1, g), jnp.int32),
-        "step": jnp.zeros((), jnp.int32),
-        "done": jnp.zeros((b,), bool),
-        "n_new": jnp.zeros((b,), jnp.int32),
-    }
+    return DecodeState(
+        cache=out.cache,
+        key_valid=key_valid,
+        logits=out.logits,
+        local_hidden=out.local_hidden,
+        groups=jnp.zeros((b, st.max_new_groups, c + 1, g), jnp.int32),
+        step=jnp.zeros((), jnp.int32),
+        done=jnp.zeros((b,), bool),
+        n_generated=jnp.zeros((b,), jnp.int32),
+    )
 
 
 def group_step(
-    params, tables, state: dict, pads: jax.Array, min_length: jax.Array, key: jax.Array, *, st: StepStatic
-) -> dict:
-    """One group for every row (see the module docstring). ``key`` ``[B]`` keys, one per sequence.
+    params, tables, state: DecodeState, pads: jax.Array, min_length: jax.Array, keys: jax.Array, *, st: StepStatic
+) -> DecodeState:
+    """One group for every row (see the module docstring). ``keys`` ``[B]``: one key per sequence.
 
     ``tables``: the patch decoder's stacked heads/embeddings (:func:`mimo_ref.lm.stacked_speech_tables`), built
     once per generate call rather than once per group.
     """
     cfg, special = st.cfg, st.special
     g, c = cfg.group_size, cfg.audio_channels
-    b = state["logits"].shape[0]
-    step = state["step"]
+    b = state.logits.shape[0]
+    step = state.step
     prompt_groups = st.prompt_slots - pads  # [B]
     cur_len = prompt_groups + step  # [B] groups before this one
-    step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step)))(key)  # [B, 2]: text, speech
+    step_keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step)))(keys)  # [B, 2]: text, speech
 
     # 1. text token; stop tokens removed below the minimum length (after processing, as official)
-    vocab = state["logits"].shape[-1]
-    stop_mask = (
-        jnp.zeros((vocab,), bool).at[jnp.asarray(st.stop_tokens, jnp.int32)].set(True) if st.stop_tokens else None
-    )
-    removed = None if stop_mask is None else stop_mask[None, :] & (cur_len < min_length)[:, None]  # [B, V]
-    scores = sampling.process_logits(state["logits"], st.text_sampler)
-    if removed is not None:
-        scores = sampling.remove_tokens(scores, removed)
-    text = jax.vmap(lambda s, k: sampling.choose(s, st.text_sampler, k))(scores, step_keys[:, 0])  # [B]
-    tap("generate.text_token", text)
+    stops = jnp.asarray(st.stop_tokens, jnp.int32)  # [n_stop] (may be empty)
+    is_stop = jnp.isin(jnp.arange(state.logits.shape[-1]), stops)  # [V]
+    removed = is_stop[None, :] & (cur_len < min_length)[:, None]  # [B, V]
+    sample_text = functools.partial(sampling.sample, sampler=st.text_sampler)
+    text = jax.vmap(sample_text)(state.logits, key=step_keys[:, 0], removed=removed)  # [B, V] -> [B]
+    tap("generate.text_token", text)  # [B]
 
     # 2. speech: patch decoder for <|empty|> groups, channel empty ids otherwise
-    is_speech = (text == special.empty) & ~state["done"]  # [B]
+    is_speech = (text == special.empty) & ~state.done  # [B]
     empty_frames = jnp.broadcast_to(jnp.asarray(cfg.speech_empty_ids, jnp.int32), (b, g, c))  # [B, G, C]
     choose = lm.channel_sampler(st.speech_sampler, cfg=cfg)
 
     def decode(_):
-        return lm.patch_decoder(params, state["local_hidden"], choose, step_keys[:, 1], cfg=cfg, tables=tables)
+        return lm.patch_decoder(params, state.local_hidden, choose, step_keys[:, 1], cfg=cfg, tables=tables)
 
     speech = jax.lax.cond(jnp.any(is_speech), decode, lambda _: empty_frames, None)  # [B, G, C]
     speech = jnp.where((text == special.empty)[:, None, None], speech, empty_frames)
 
     # 3. append the group: [B, C+1, G] = text repeated G times over speech transposed to [B, C, G]
-    group = jnp.concatenate([jnp.broadcast_to(text[:, None, None], (b, 1, g)), speech.transpose(0, 2, 1)], axis=1)
+    text_row = jnp.broadcast_to(text[:, None, None], (b, 1, g))  # [B] -> [B, 1, G]
+    group = jnp.concatenate([text_row, speech.transpose(0, 2, 1)], axis=1)  # -> [B, C+1, G]
     zero = jnp.zeros((), jnp.int32)  # all indices int32 (a Python 0 would become int64 in x64 mode)
-    new = jax.lax.dynamic_update_slice(state["new"], tap("generate.group", group)[:, None], (zero, step, zero, zero))
+    groups = jax.lax.dynamic_update_slice(state.groups, tap("generate.group", group)[:, None], (zero, step, zero, zero))
 
     # 4. stop rule (official MiMoStopper): length cap, or a stop token once the minimum length is reached
     new_len = cur_len + 1
-    hit_stop = jnp.isin(text, jnp.asarray(st.stop_tokens, jnp.int32)) if st.stop_tokens else jnp.zeros((b,), bool)
-    stop = (new_len >= prompt_groups + st.max_new_groups) | (hit_stop & (new_len >= min_length))
-    n_new = jnp.where(state["done"], state["n_new"], step + 1)
-    done = state["done"] | stop
+    stop = (new_len >= prompt_groups + st.max_new_groups) | (jnp.isin(text, stops) & (new_len >= min_length))
+    n_generated = jnp.where(state.done, state.n_generated, step + 1)
+    done = state.done | stop
 
-    # 5. feed the group back, unless every row is done
+    # 5. feed the group back through the one LM step, unless every row is done
     def feed(_):
-        ids = group.reshape(b, c + 1, g)
-        embeds = lm.input_embeds(params, ids, cfg=cfg, empty_id=special.empty)  # [B, 1, D]
-        hidden, cache = lm.backbone(
+        out = lm.step(
             params,
-            embeds,
-            cur_len[:, None],
+            group,  # [B, C+1, G]: one group
+            cur_len[:, None],  # [B, 1]: its position
             cfg=cfg,
-            cache=state["cache"],
+            empty_id=special.empty,
+            cache=state.cache,
             write_pos=st.prompt_slots + step,
-            key_valid=state["key_valid"],
+            key_valid=state.key_valid,
         )
-        logits, local_hidden = lm.heads(params, hidden[:, -1])
-        return cache, logits, local_hidden
+        return out.cache, out.logits, out.local_hidden
 
-    cache, logits, local_hidden = jax.lax.cond(
-        jnp.all(done), lambda _: (state["cache"], state["logits"], state["local_hidden"]), feed, None
+    def keep(_):
+        return state.cache, state.logits, state.local_hidden
+
+    cache, logits, local_hidden = jax.lax.cond(jnp.all(done), keep, feed, None)
+    return dataclasses.replace(
+        state,
+        cache=cache,
+        logits=logits,
+        local_hidden=local_hidden,
+        groups=groups,
+        step=step + 1,
+        done=done,
+        n_generated=n_generated,
     )
-    return state | {
-        "cache": cache,
-        "logits": logits,
-        "local_hidden": local_hidden,
-        "new": new,
-        "step": step + 1,
-        "done": done,
-        "n_new": n_new,
-    }
 
 
 @functools.partial(jax.jit, static_argnames=("st",))
@@ -264,14 +281,14 @@ def generate_jit(params, ids, pads, min_length, keys, *, st: StepStatic) -> tupl
     state = prefill(params, ids, pads, st=st)
     tables = lm.stacked_speech_tables(params, cfg=st.cfg)
 
-    def cond(state):
-        return (state["step"] < st.max_new_groups) & ~jnp.all(state["done"])
+    def cond(state: DecodeState):
+        return (state.step < st.max_new_groups) & ~jnp.all(state.done)
 
-    def body(state):
+    def body(state: DecodeState):
         return group_step(params, tables, state, pads, min_length, keys, st=st)
 
     state = jax.lax.while_loop(cond, body, state)
-    return state["new"], state["n_new"]
+    return state.groups, state.n_generated
 
 
 prefill_jit = jax.jit(prefill, static_argnames=("st",))
@@ -282,6 +299,17 @@ tables_jit = jax.jit(lm.stacked_speech_tables, static_argnames=("cfg",))
 # ---------------------------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------------------------
+
+
+class Prepared(NamedTuple):
+    """What :func:`prepare` returns: the static step description and the padded inputs of the loop."""
+
+    st: StepStatic
+    ids: jax.Array  # [B, C+1, P*G] int32 left-padded prompts
+    pads: jax.Array  # [B] int32 padding groups per row
+    min_length: jax.Array  # [B] int32 official min_length (prompt groups + min_new_groups)
+    keys: jax.Array  # [B] typed random keys, one per row
+    prompts: list[np.ndarray]  # the prompts as given ([C+1, L_b] each)
 
 
 def prepare(
@@ -296,7 +324,7 @@ def prepare(
     speech_sampler: SamplerConfig = sampling.GREEDY,
     key: jax.Array | None = None,
     prompt_bucket: int = PROMPT_BUCKET,
-):
+) -> Prepared:
     """Validate the options of :func:`generate` (same names and defaults) and build the padded inputs and the
     static step description."""
     prompts = as_prompt_list(prompt_ids, cfg)
@@ -326,7 +354,7 @@ def prepare(
         raise ValueError(f"got {keys.shape[0]} keys for {len(prompts)} prompts; pass one key or one per prompt")
     st = StepStatic(cfg, special, text_sampler, speech_sampler, stops, slots, int(max_new_groups))
     min_length = jnp.asarray(lengths + int(min_new_groups), jnp.int32)
-    return st, jnp.asarray(ids), jnp.asarray(pads), min_length, keys, prompts
+    return Prepared(st, jnp.asarray(ids), jnp.asarray(pads), min_length, keys, prompts)
 
 
 def assemble(prompts: list[np.ndarray], new: np.ndarray, n_new: np.ndarray, st: StepStatic) -> GenerationResult:
@@ -406,9 +434,9 @@ def generate_stream(
     st, ids, pads, min_length, keys, prompts = prepare(cfg, special, prompt_ids, **options)
     state = prefill_jit(params, ids, pads, st=st)
     tables = tables_jit(params, cfg=cfg)
-    while int(state["step"]) < st.max_new_groups and not bool(jnp.all(state["done"])):
-        step = int(state["step"])
+    while int(state.step) < st.max_new_groups and not bool(jnp.all(state.done)):
+        step = int(state.step)
         state = group_step_jit(params, tables, state, pads, min_length, keys, st=st)
-        yield np.asarray(state["new"][:, step])
+        yield np.asarray(state.groups[:, step])
     if on_result is not None:
-        on_result(assemble(prompts, np.asarray(state["new"]), np.asarray(state["n_new"]), st))
+        on_result(assemble(prompts, np.asarray(state.groups), np.asarray(state.n_generated), st))

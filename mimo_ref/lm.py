@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -317,20 +318,65 @@ def heads(params: Params, last_hidden: jax.Array) -> tuple[jax.Array, jax.Array]
     return logits, tap("lm.local_hidden", local_hidden)
 
 
-def forward(
-    params: Params, input_ids: jax.Array, *, cfg: LMConfig, empty_id: int
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Official ``forward`` on a full sequence (no padding, positions 0..T-1).
+class StepOutput(NamedTuple):
+    """What one LM step returns (:func:`step`).
 
-    input_ids ``[B, C+1, T*G]`` -> (embeds ``[B, T, D]``, hidden ``[B, T, D]``, text logits ``[B, V]`` and
-    patch-decoder input ``[B, Dl]`` at the last position).
+    embeds / hidden ``[B, T, D]``: the backbone input and output (final RMSNorm included); logits ``[B, V]``
+    and local_hidden ``[B, Dl]``: the text head and the patch-decoder input at the last position; cache: the KV
+    cache after this step's writes (None without a cache).
     """
-    embeds = input_embeds(params, input_ids, cfg=cfg, empty_id=empty_id)
-    b, t, _ = embeds.shape
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    hidden, _ = backbone(params, embeds, positions, cfg=cfg)
-    logits, local_hidden = heads(params, hidden[:, -1])
-    return embeds, hidden, logits, local_hidden
+
+    embeds: jax.Array
+    hidden: jax.Array
+    logits: jax.Array
+    local_hidden: jax.Array
+    cache: KVCache | None
+
+
+class ForwardOutput(NamedTuple):
+    """:func:`forward`'s result: the fields of :class:`StepOutput` without a cache."""
+
+    embeds: jax.Array  # [B, T, D]
+    hidden: jax.Array  # [B, T, D]
+    logits: jax.Array  # [B, V] at the last position
+    local_hidden: jax.Array  # [B, Dl] at the last position
+
+
+def step(
+    params: Params,
+    input_ids: jax.Array,
+    positions: jax.Array,
+    *,
+    cfg: LMConfig,
+    empty_id: int,
+    cache: KVCache | None = None,
+    write_pos: jax.Array | int = 0,
+    key_valid: jax.Array | None = None,
+) -> StepOutput:
+    """The one LM step: input embedding -> backbone -> heads at the last position. Used by :func:`forward` (a whole
+    sequence), by generation's prefill (padded prompts into a cache) and by its group step (one group).
+
+    input_ids ``[B, C+1, T*G]``, positions ``[B, T]``; ``cache``, ``write_pos`` and ``key_valid`` as in
+    :func:`backbone`.
+    """
+    embeds = input_embeds(params, input_ids, cfg=cfg, empty_id=empty_id)  # [B, C+1, T*G] -> [B, T, D]
+    hidden, cache = backbone(
+        params, embeds, positions, cfg=cfg, cache=cache, write_pos=write_pos, key_valid=key_valid
+    )  # -> [B, T, D]
+    logits, local_hidden = heads(params, hidden[:, -1])  # [B, D] -> [B, V], [B, Dl]
+    return StepOutput(embeds, hidden, logits, local_hidden, cache)
+
+
+def forward(params: Params, input_ids: jax.Array, *, cfg: LMConfig, empty_id: int) -> ForwardOutput:
+    """Official ``forward`` on a full sequence (no padding, no cache, positions 0..T-1): :func:`step`.
+
+    input_ids ``[B, C+1, T*G]`` -> :class:`ForwardOutput` (embeds, hidden, text logits and patch-decoder input at
+    the last position).
+    """
+    b, t = input_ids.shape[0], input_ids.shape[-1] // cfg.group_size
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))  # [B, T]
+    out = step(params, input_ids, positions, cfg=cfg, empty_id=empty_id)
+    return ForwardOutput(out.embeds, out.hidden, out.logits, out.local_hidden)
 
 
 # ---------------------------------------------------------------------------------------------------------------

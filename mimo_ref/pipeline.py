@@ -5,6 +5,10 @@ jitted generation (:func:`mimo_ref.generate.generate`) with the task's official 
 the official output handling (:func:`decode_outputs`): the text channel decoded, and for spoken answers the speech
 span between ``<|sostm|>`` and ``<|eostm|>`` decoded to a 24 kHz waveform in chunks of 1500 code frames.
 
+Spoken answers can also stream (``stream=True``, :meth:`MimoAudio.run_stream`): generation runs group by group and
+the speech span is fed to the official streaming decode as it grows, yielding waveform chunks while generation runs
+(:func:`speech_chunks`, :func:`stream_speech`; docs/audio_streaming.md).
+
 :class:`MimoAudio` holds the loaded (immutable) params; each task method is a function of its arguments and
 ``seed``, so the same call gives the same result.
 """
@@ -23,8 +27,8 @@ import jax
 import numpy as np
 
 from mimo_ref import audio as audio_tok
-from mimo_ref.audio.streaming import StreamingConfig, init_state, stream_frames_bound, streaming_decode
 from mimo_ref import generate, lm, prompts, sampling, sharding
+from mimo_ref.audio.streaming import StreamingConfig, init_state, stream_frames_bound, streaming_decode
 from mimo_ref.audio_io import AudioFileError, load_audio, resample
 from mimo_ref.checkpoint import resolve_checkpoint
 from mimo_ref.checks import InputError, check_long_enough, fold_seed, mono_wave, positive_int
@@ -127,8 +131,9 @@ def speech_chunks(
     groups: the generated groups in order, each ``[C+1, G]``. Yields ``(codes [C, n], last)``: every
     ``chunk_frames`` frames of the span as soon as they are known to belong to it, then the rest (possibly 0
     frames) with ``last=True``, once; a span of T frames is cut as ``[k] * (T // k) + [T % k]``. It stops reading
-    ``groups`` once the span is final (closed by ``<|eostm|>``). A group is known to belong to the span when the next group exists (the
-    official rule never includes the last generated group); frames whose channel-0 code is empty are dropped.
+    ``groups`` once the span is final (closed by ``<|eostm|>``). A group is known to belong to the span when the
+    next group exists (the official rule never includes the last generated group); frames whose channel-0 code is
+    empty are dropped.
 
     ``opened`` (the prompt ended with ``<|sostm|>``, :func:`prompt_opens_speech`): frames are fed from the first
     group on. Otherwise frames before the first generated ``<|sostm|>`` are held back: dropped when one arrives,
@@ -179,8 +184,8 @@ def stream_speech(
     """Code chunks (as :func:`speech_chunks` yields them) -> waveform chunks ``[samples]`` float32 at 24 kHz.
 
     One stream through :func:`mimo_ref.audio.streaming.streaming_decode` with ``config``'s overlaps (and its
-    ``pad_to``, which only picks the compiled shape); calls that return nothing yield nothing. An answer without any speech frame gives one second of silence, as the one-shot
-    path (official ``forward()``).
+    ``pad_to``, which only picks the compiled shape); calls that return nothing yield nothing. An answer without
+    any speech frame gives one second of silence, as the one-shot path (official ``forward()``).
     """
     params, acfg = audio
     state = init_state(1, acfg)
@@ -389,7 +394,7 @@ class MimoAudio:
         max_new_groups: int | None = None,
         min_new_groups: int = 0,
         samplers: tuple[sampling.SamplerConfig, sampling.SamplerConfig] | None = None,
-        streaming: StreamingConfig = StreamingConfig(),
+        streaming: StreamingConfig | None = None,
         chunk_frames: int | None = None,
         on_result: Callable[[Output], None] | None = None,
     ) -> Iterator[np.ndarray]:
@@ -399,12 +404,13 @@ class MimoAudio:
         Generation runs group by group (:func:`mimo_ref.generate.generate_stream`, the same step function as the
         one-shot loop); the speech span is cut into chunks of ``chunk_frames`` code frames (default: the group
         size, so every speech group is fed as it appears; :func:`speech_chunks`) and decoded by the official
-        streaming decode with ``streaming``'s overlaps (official defaults 250 / 40 frames; :func:`stream_speech`).
+        streaming decode with ``streaming``'s overlaps (default: the official 250 / 40 frames; :func:`stream_speech`).
         The first audio comes once ``right_overlap`` + 1 frames of speech exist. ``on_result`` receives the
         :class:`Output` when the generator is exhausted; its ``wav`` is the concatenation of the chunks, which
         differs from :meth:`run`'s one-shot decode near chunk borders.
         """
         cfg = self.lm_cfg
+        streaming = streaming or StreamingConfig()
         kwargs = self.generation_options(
             prompt, seed=seed, max_new_groups=max_new_groups, min_new_groups=min_new_groups, samplers=samplers
         )
@@ -453,9 +459,7 @@ class MimoAudio:
                 raise ValueError("on_result is only called when streaming: pass stream=True as well")
             return self.run(prompt, seed=seed, max_new_groups=max_new_groups, return_audio=True)
         config = stream if isinstance(stream, StreamingConfig) else StreamingConfig()
-        return self.run_stream(
-            prompt, seed=seed, max_new_groups=max_new_groups, streaming=config, on_result=on_result
-        )
+        return self.run_stream(prompt, seed=seed, max_new_groups=max_new_groups, streaming=config, on_result=on_result)
 
     # -- official tasks -------------------------------------------------------------------------------------------
 
@@ -638,6 +642,7 @@ def load(
         precision = dtype
     precision = resolve_precision(precision)
     audio_precision = precision if audio_precision is None else resolve_precision(audio_precision)
+    mesh = None if mesh is None else sharding.make_mesh(mesh)  # before any loading: a bad mesh fails fast
     if audio_tokenizer is None:
         if Path(model).expanduser().resolve() != BUNDLED_LM:
             raise InputError(
@@ -656,7 +661,6 @@ def load(
     audio_tokenizer = resolve_checkpoint(audio_tokenizer, what="audio tokenizer checkpoint")  # both, before loading
     start = time.perf_counter()
     log.info("loading the LM from %s ...", folder)
-    mesh = None if mesh is None else sharding.make_mesh(mesh)
     params, cfg, _ = lm.load_lm(folder, precision, place=None if mesh is None else sharding.lm_placer(folder, mesh))
     tokenizer = load_text_tokenizer(folder)
     log.info("loading the audio tokenizer from %s ...", audio_tokenizer)

@@ -35,7 +35,6 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
@@ -68,7 +67,7 @@ def parse_mesh(text: str) -> dict[str, int]:
         name, eq, value = part.partition("=")
         if not eq or name not in sizes or name in seen or not value.isdigit() or int(value) < 1:
             raise ShardingError(
-                f"cannot read mesh {text!r}: write AXIS=SIZE pairs with AXIS in {AXES} and SIZE >= 1, "
+                f"cannot read mesh {text!r}: write AXIS=SIZE pairs, AXIS data or model, SIZE >= 1, "
                 "e.g. 'data=2,model=4' or 'model=8'"
             )
         seen.add(name)
@@ -101,7 +100,7 @@ def make_mesh(mesh: str | Mapping[str, int] | Mesh, devices: Sequence[jax.Device
     elif d == 0 or m == 0:
         given = d or m
         if n % given:
-            raise ShardingError(f"mesh {mesh!r}: an axis of {given} does not divide the {n} devices JAX sees")
+            raise ShardingError(f"mesh {mesh!r} needs a multiple of {given} devices; JAX sees {n}")
         d, m = (n // m, m) if d == 0 else (d, n // d)
     if d * m != n:
         raise ShardingError(
@@ -250,17 +249,16 @@ class Plan:
         spec = tuple(self.specs[name]) + (None,) * (len(shape) - len(self.specs[name]))
         return tuple(s // (1 if a is None else self.axis_sizes[a]) for s, a in zip(shape, spec, strict=True))
 
-    def device_bytes(self, itemsize: int | Mapping[str, int] = 4) -> int:
-        """Parameter bytes on one device (every device holds the same amount)."""
-        size = (lambda n: itemsize) if isinstance(itemsize, int) else itemsize.__getitem__
-        return sum(int(np.prod(self.shard_shape(n))) * size(n) for n in self.shapes)
+    def device_bytes(self, itemsize: int = 4) -> int:
+        """Parameter bytes on one device (every device holds the same amount), ``itemsize`` bytes per value."""
+        return sum(int(np.prod(self.shard_shape(n))) * itemsize for n in self.shapes)
 
-    def total_bytes(self, itemsize: int | Mapping[str, int] = 4) -> int:
-        size = (lambda n: itemsize) if isinstance(itemsize, int) else itemsize.__getitem__
-        return sum(int(np.prod(s)) * size(n) for n, s in self.shapes.items())
+    def total_bytes(self, itemsize: int = 4) -> int:
+        """Parameter bytes of the whole model, ``itemsize`` bytes per value."""
+        return sum(int(np.prod(s)) * itemsize for s in self.shapes.values())
 
     def replicated(self) -> list[str]:
-        """Tensors every device holds whole although a mesh axis has size > 1."""
+        """Tensors each device holds whole (every tensor when every mesh axis has size 1)."""
         return [n for n in self.shapes if self.shard_shape(n) == tuple(self.shapes[n])]
 
 
@@ -358,10 +356,15 @@ def _generate_fn(mesh: Mesh, param_shardings: tuple, treedef):
     )
 
 
-def pad_rows(x: jax.Array, rows: int) -> jax.Array:
-    """Append copies of the last row until ``x`` has ``rows`` rows."""
-    extra = rows - x.shape[0]
-    return x if extra == 0 else jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)], axis=0)
+def put_rows(x: jax.Array, rows: int, sharding: NamedSharding) -> jax.Array:
+    """Pad ``x`` to ``rows`` rows with copies of its last row and place it. Host (numpy) values are placed, as
+    JAX's multi-process rules ask (every process passes the same value); random keys travel as their key data."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = put_rows(jax.random.key_data(x), rows, sharding)  # [B, ...] uint32
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    host = np.concatenate([host, np.repeat(host[-1:], rows - host.shape[0], axis=0)], axis=0)
+    return jax.device_put(host, sharding)
 
 
 def generate(params, cfg: LMConfig, special: SpecialTokens, prompt_ids, *, mesh: Mesh, **options):
@@ -374,7 +377,7 @@ def generate(params, cfg: LMConfig, special: SpecialTokens, prompt_ids, *, mesh:
     st, ids, pads, min_length, keys, prompts = gen.prepare(cfg, special, prompt_ids, **options)
     rows = -(-len(prompts) // mesh.shape[DATA]) * mesh.shape[DATA]
     batch = batch_sharding(mesh)
-    args = [jax.device_put(pad_rows(x, rows), batch) for x in (ids, pads, min_length, keys)]
+    args = [put_rows(x, rows, batch) for x in (ids, pads, min_length, keys)]
     leaves, treedef = jax.tree_util.tree_flatten(params)
     fn = _generate_fn(mesh, tuple(leaf.sharding for leaf in leaves), treedef)
     new, n_new = fn(params, *args, st)

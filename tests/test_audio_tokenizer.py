@@ -34,6 +34,7 @@ from mimo_ref.audio import (
 )
 from mimo_ref.audio.load import is_rvq_training_buffer
 from mimo_ref.audio.mel import periodic_hann
+from mimo_ref.audio.rvq import codebook
 from mimo_ref.checkpoint import CheckpointError, nest
 from mimo_ref.config import ConfigError
 
@@ -181,18 +182,23 @@ def test_loader_missing_folder(tmp_path):
     _one_line_error(CheckpointError, tmp_path / "nope", "does not exist")
 
 
-def test_loader_keeps_codebooks_float32_and_ignores_only_training_buffers(tiny):
+def test_loader_storage_and_ignores_only_training_buffers(tiny):
+    """float64 compute keeps the float32 checkpoint's weights as stored (upcast at use); bfloat16 holds every weight,
+    codebooks included, rounded to bf16 (the RVQ upcasts them to float32 at use, as the official bf16 model)."""
     params, _ = tiny
     with jax.enable_x64(True):
-        params64, _ = load_audio_tokenizer(TINY, "float64")
-        assert params64["encoder"]["conv1"]["weight"].dtype == jnp.float64
+        params64, cfg64 = load_audio_tokenizer(TINY, "float64")
+        assert cfg64.compute_dtype == "float64"
+        assert params64["encoder"]["conv1"]["weight"].dtype == jnp.float32
         assert params64["encoder"]["quantizer"]["vq"]["layers"][0]["_codebook"]["embed"].dtype == jnp.float32
     params16, _ = load_audio_tokenizer(TINY, "bfloat16")
     assert params16["decoder"]["layer_norm"]["weight"].dtype == jnp.bfloat16
     embed16 = params16["encoder"]["quantizer"]["vq"]["layers"][-1]["_codebook"]["embed"]
     embed32 = params["encoder"]["quantizer"]["vq"]["layers"][-1]["_codebook"]["embed"]
-    assert embed16.dtype == jnp.float32  # RVQ in float32, on bf16-rounded codewords (official bf16 model)
-    np.testing.assert_array_equal(embed16, embed32.astype(jnp.bfloat16).astype(jnp.float32))
+    assert embed16.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(
+        codebook({"layers": [{"_codebook": {"embed": embed16}}]}, 0), embed32.astype(jnp.bfloat16).astype(jnp.float32)
+    )
     assert set(params["encoder"]["quantizer"]["vq"]["layers"][0]["_codebook"]) == {"embed"}
     assert not is_rvq_training_buffer("encoder.quantizer.vq.layers.0._codebook.embed")
     assert not is_rvq_training_buffer("decoder.cluster_size")

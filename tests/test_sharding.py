@@ -25,7 +25,7 @@ from mimo_ref.pipeline import BUNDLED_LM
 ROOT = Path(__file__).resolve().parents[1]
 REAL = Path(__file__).parent / "fixtures" / "real_shapes"
 MESHES = ("data=1,model=8", "data=2,model=4", "data=8,model=1")
-FLOAT32_RTOL = 1e-6  # max |sharded - single| / max |single|, float32
+FLOAT32_RTOL = 1e-6  # relative L2 error |sharded - single| / |single|, float32 (as tests/golden_utils.py)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def report(tmp_path_factory) -> dict:
 def test_lm_forward_matches_single_device(report, mesh):
     errors = report["meshes"][mesh]["forward_rel_err"]
     assert set(errors) == {"embeds", "hidden", "logits", "local_hidden"}
-    assert all(err <= FLOAT32_RTOL for err in errors.values()), errors
+    assert all(err["l2"] <= FLOAT32_RTOL for err in errors.values()), errors
 
 
 @pytest.mark.parametrize("mesh", MESHES)
@@ -77,7 +77,7 @@ def test_audio_tokenizer_codes_identical_and_wav_close(report, mesh):
     result = report["meshes"][mesh]
     assert result["codes_equal"]
     assert result["wav_shapes"][0] == result["wav_shapes"][1]
-    assert result["wav_rel_err"] <= FLOAT32_RTOL
+    assert result["wav_rel_err"]["l2"] <= FLOAT32_RTOL, result["wav_rel_err"]
 
 
 @pytest.mark.parametrize("mesh", MESHES)
@@ -160,11 +160,24 @@ def test_parse_mesh_rejects(text):
         sharding.parse_mesh(text)
 
 
+def test_cli_rejects_a_malformed_mesh_before_loading(capsys):
+    from mimo_ref import cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["chat", "Hi", "--mesh", "data=2x"])
+    assert exit_info.value.code == 2
+    assert "argument --mesh: cannot read mesh 'data=2x'" in capsys.readouterr().err
+
+
 def test_make_mesh_on_one_device():
     mesh = sharding.make_mesh("model=1", devices=jax.devices()[:1])
     assert dict(mesh.shape) == {"data": 1, "model": 1} and sharding.describe(mesh) == "data=1,model=1"
     with pytest.raises(sharding.ShardingError, match="needs 2 devices; JAX sees 1"):
         sharding.make_mesh("data=2,model=1", devices=jax.devices()[:1])
+    with pytest.raises(sharding.ShardingError, match="'model=2' needs a multiple of 2 devices; JAX sees 1"):
+        sharding.make_mesh("model=2", devices=jax.devices()[:1])
+    with pytest.raises(sharding.ShardingError, match="axes must be among"):
+        sharding.make_mesh({"batch": 1}, devices=jax.devices()[:1])
 
 
 def test_rules_cover_every_tensor_of_every_checkpoint():

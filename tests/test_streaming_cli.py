@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from mimo_ref import cli, pipeline, stream_io
-from mimo_ref.audio.streaming import StreamingConfig, init_state, streaming_decode
+from mimo_ref.audio.streaming import StreamingConfig, init_state, stream_frames_bound, streaming_decode
 from mimo_ref.audio_io import write_wav
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
@@ -46,11 +46,12 @@ def test_tts_stream_is_the_pure_streaming_decode_of_the_answer():
     codes = pipeline.speech_span(out.generated_ids, special=m.special, cfg=m.lm_cfg)  # [C, T]
     g, t = m.lm_cfg.group_size, codes.shape[1]
     lengths = [g] * (t // g) + [t % g]
+    pad_to = stream_frames_bound(OVERLAPS, g)  # the pipeline's one decoder shape, so results agree bit for bit
     state, pure, start = init_state(1, m.audio_cfg), [], 0
     for k, n in enumerate(lengths):
         wavs, state = streaming_decode(
             m.audio_params, codes[:, start : start + n], [n], state,
-            cfg=m.audio_cfg, config=OVERLAPS, last_chunk=k == len(lengths) - 1,
+            cfg=m.audio_cfg, config=OVERLAPS, last_chunk=k == len(lengths) - 1, pad_to=pad_to,
         )  # fmt: skip
         start += n
         if wavs[0] is not None and wavs[0].shape[0] > 0:

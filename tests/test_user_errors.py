@@ -266,6 +266,15 @@ def test_huge_seed_and_final_progress_line(capsys):
     assert "loading the LM from" in err and "loaded both checkpoints in" in err  # model-load stages
 
 
+def test_tts_creates_missing_output_folders(tmp_path, capsys):
+    # the arguments of tests/test_cli.py::test_tts_writes_a_24k_pcm16_wav, so a whole-suite run compiles once
+    out = tmp_path / "new" / "deeper" / "out.wav"
+    assert cli.main(["tts", "Hello", "-o", str(out), "--max-new-groups", "6", "--no-progress"]) == 0
+    assert sf.info(out).samplerate == 24000
+    assert files_under(tmp_path) == {"new", "new/deeper", "new/deeper/out.wav"}  # no temporary file left
+    assert f"wrote {out}" in capsys.readouterr().err
+
+
 def test_ctrl_c_exits_130_with_one_line(workdir, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -32,6 +32,7 @@ from mimo_ref.audio.config import AudioTokenizerConfig
 from mimo_ref.tap import tap
 
 LOG_FLOOR = 1e-7  # official wav2mel: torch.log(torch.clip(spec, min=1e-7))
+FINITE_CHECK_BLOCK = 1 << 20  # samples checked for NaN / inf at a time
 
 
 def _torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
@@ -121,7 +122,8 @@ def check_wave(wave, *, what: str = "wave") -> np.ndarray:
         raise ValueError(f"{what} is empty: there is no audio to encode")
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{what} has dtype {array.dtype}; pass float samples in [-1, 1] (convert PCM integers)")
-    if not np.all(np.isfinite(array)):
+    # checked a block at a time: no temporary as long as the wave (long audio, docs/audio_io.md)
+    if not all(np.isfinite(array[i : i + FINITE_CHECK_BLOCK]).all() for i in range(0, array.size, FINITE_CHECK_BLOCK)):
         raise ValueError(f"{what} contains NaN or infinite samples")
     return array
 
@@ -156,3 +158,34 @@ def log_mel(wave, cfg: AudioTokenizerConfig, *, sample_rate: int) -> jax.Array:
     padded = np.pad(centered, (0, max(0, total - centered.shape[0])))[:total]
     mel = log_mel_spectrogram(jnp.asarray(padded), cfg=cfg, frames=bucket)[:frames]  # [Tb, M] -> [T, M]
     return tap("audio.mel", mel)
+
+
+def log_mel_frames(wave, cfg: AudioTokenizerConfig, *, start: int, frames: int, bucket: int | None = None) -> jax.Array:
+    """Frames ``[start, start + frames)`` of :func:`log_mel` of the whole wave, reading only the samples they cover.
+
+    wave ``[samples]`` at ``cfg.sampling_rate`` (already checked by :func:`check_wave`; float32, or float64 under
+    x64) -> ``[frames, M]``. Frame t of the centered STFT covers samples ``[t * hop - n_fft // 2, t * hop + n_fft
+    // 2)`` of the wave, reflected at both ends as ``torch.stft(center=True)`` pads: this builds exactly that
+    slice of the reflect-padded wave, so memory follows ``frames``, not the file. ``bucket`` (>= frames, default
+    the frames' bucket) is the number of frames computed (the compiled shape); frames past ``frames`` are dropped.
+    Gives the same values as slicing :func:`log_mel` (``tests/test_long_audio.py``).
+    """
+    array = np.asarray(wave)
+    n, pad, hop = array.shape[0], cfg.nfft // 2, cfg.hop_length
+    total_frames = mel_frames(n, cfg)
+    if not 0 <= start < start + frames <= total_frames:
+        raise ValueError(f"frames [{start}, {start + frames}) are outside the wave's {total_frames} mel frames")
+    if n <= pad:
+        raise ValueError(f"wave has {n} samples; the centered STFT needs more than {pad}")
+    bucket = bucket_length(frames) if bucket is None else bucket
+    if bucket < frames:
+        raise ValueError(f"bucket {bucket} is shorter than the {frames} frames asked for")
+    dtype = np.float64 if array.dtype == np.float64 and jax.config.jax_enable_x64 else np.float32
+    first = start * hop  # index of the slice's first sample in the centered (reflect-padded) wave
+    span = (bucket - 1) * hop + cfg.nfft  # samples the bucket's frames read
+    centered = np.arange(first, min(first + span, n + 2 * pad))  # [S] indices into the centered wave
+    source = centered - pad  # [S] indices into the wave; reflected at both ends (numpy's / torch's "reflect")
+    source = np.where(source < 0, -source, np.where(source >= n, 2 * (n - 1) - source, source))
+    padded = np.zeros(span, dtype)  # zero tail past the centered wave, as log_mel's bucket padding
+    padded[: source.shape[0]] = array[source]
+    return log_mel_spectrogram(jnp.asarray(padded), cfg=cfg, frames=bucket)[:frames]  # [Tb, M] -> [frames, M]

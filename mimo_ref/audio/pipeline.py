@@ -3,7 +3,10 @@
 - :func:`wav_to_codes` (official ``preprocess_input`` + ``encode_batch``): log-mel of the 24 kHz wave, cut into
   segments of 6000 mel frames (60 s; the last one shorter), segments grouped so no group exceeds 256000 frames,
   each group encoded **packed in one call** (which is what makes a shorter last segment's codes depend on the
-  longer ones, see ``encoder.py``), codes concatenated, first ``n_q`` levels kept.
+  longer ones, see ``encoder.py``), codes concatenated, first ``n_q`` levels kept. Here a group's segments are
+  encoded ``SEGMENTS_PER_CALL`` at a time, each call told the group's longest length, and each segment's
+  log-mel is computed from just the samples it covers: the same codes as the packed call, in memory bounded by
+  a few segments instead of growing with the file (docs/audio_io.md, "Long audio").
 - :func:`codes_to_wav` (official ``forward`` with ``return_audio``): codes decoded in chunks of 1500 frames
   (60 s), each chunk an independent ``decode`` call, the waveforms concatenated end to end (no overlap, no
   cross-fade), as float32.
@@ -17,15 +20,22 @@ from __future__ import annotations
 import numpy as np
 
 from mimo_ref.audio.config import AudioTokenizerConfig
+import jax.numpy as jnp
+
+from mimo_ref.audio.bucketing import bucket_length
 from mimo_ref.audio.decoder import check_codes, decode
-from mimo_ref.audio.encoder import encode
-from mimo_ref.audio.mel import check_wave, log_mel
+from mimo_ref.audio.encoder import encode_codes_padded, padded_rows
+from mimo_ref.audio.mel import check_wave, log_mel_frames, mel_frames
 from mimo_ref.layers import Params
 
 SEGMENT_FRAMES = 6000  # official preprocess_input: segment_size = 6000 mel frames (60 s at 100 Hz)
 MAX_PACKED_FRAMES = 256000  # official encode_batch: max_length of one packed group, in mel frames
 DECODE_CHUNK_FRAMES = 1500  # official forward: segment_len = 1500 code frames (60 s at 25 Hz)
 EMPTY_AUDIO_SAMPLES = 24000  # official forward: no speech tokens -> torch.zeros(24000) is written
+# Segments encoded per jitted call. Not official (the official call takes a whole group, up to 42 segments, at
+# once); any value gives the same codes. One segment bounds memory at one [N, T2, T2] attention score tensor per
+# layer (20 x 3000 x 3000 float32 = 720 MB for the real tokenizer, 150 MB for the bundled tiny one).
+SEGMENTS_PER_CALL = 1
 
 
 def segment_lengths(frames: int, segment: int = SEGMENT_FRAMES) -> list[int]:
@@ -60,16 +70,30 @@ def wav_to_codes(params: Params, cfg: AudioTokenizerConfig, wave_24k: np.ndarray
     """
     if not 1 <= n_q <= cfg.num_quantizers:
         raise ValueError(f"n_q must be in 1..{cfg.num_quantizers}, got {n_q}")
-    wave = check_wave(wave_24k, what="wave_24k").astype(np.float32)
-    mels = np.asarray(log_mel(wave, cfg, sample_rate=cfg.sampling_rate))  # [samples] -> [T, M], float32
+    wave = check_wave(wave_24k, what="wave_24k")
+    if wave.dtype != np.float32:
+        wave = wave.astype(np.float32)  # a copy only when the caller's wave is not float32 already
+    pad = cfg.nfft // 2
+    if wave.shape[0] <= pad:
+        # torch.stft's reflect padding needs more samples than it pads
+        raise ValueError(f"wave has {wave.shape[0]} samples; the centered STFT needs more than {pad}")
     parts = []
-    start = 0
-    for group in group_by_length(segment_lengths(mels.shape[0], SEGMENT_FRAMES), MAX_PACKED_FRAMES):
-        frames = sum(group)
-        result = encode(params, mels[start : start + frames], group, cfg=cfg, n_q=n_q)  # -> codes [n_q, T'_g]
-        parts.append(result.codes)
-        start += frames
-    return np.concatenate(parts, axis=1)  # groups x [n_q, T'_g] -> [n_q, T']
+    start = 0  # first mel frame of the current segment
+    for group in group_by_length(segment_lengths(mel_frames(wave.shape[0], cfg), SEGMENT_FRAMES), MAX_PACKED_FRAMES):
+        pack_length = max(group)  # the official packed call's batch length: all a segment needs of the others
+        bucket = bucket_length(pack_length)  # one compiled shape for every call of the group
+        for first in range(0, len(group), SEGMENTS_PER_CALL):
+            rows = []
+            for n in group[first : first + SEGMENTS_PER_CALL]:
+                rows.append(np.asarray(log_mel_frames(wave, cfg, start=start, frames=n, bucket=bucket)))  # [n, M]
+                start += n
+            batch, lengths = padded_rows(rows, min(SEGMENTS_PER_CALL, len(group)), bucket, np.float32)
+            codes, code_lengths = encode_codes_padded(
+                params["encoder"], jnp.asarray(batch), jnp.asarray(lengths), jnp.int32(pack_length), cfg=cfg, n_q=n_q
+            )  # [B', Tb, M] -> [n_q, B', T3]
+            codes, code_lengths = np.asarray(codes), np.asarray(code_lengths)
+            parts += [codes[:, row, : code_lengths[row]] for row in range(len(rows))]  # [n_q, B', T3] -> [n_q, n]
+    return np.concatenate(parts, axis=1).astype(np.int64)  # segments x [n_q, n] -> [n_q, T']
 
 
 def codes_to_wav(params: Params, cfg: AudioTokenizerConfig, codes: np.ndarray) -> np.ndarray:

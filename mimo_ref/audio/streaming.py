@@ -177,9 +177,9 @@ def streaming_decode(
     time in stream order (stream i contributes ``chunk_lengths[i]`` frames, possibly 0; ``N = sum``).
     state: :func:`init_state` for the first call, then what the previous call returned. ``config``: the overlaps.
     ``last_chunk``: True on the final call only (flushes what was held back). ``pad_to``: pad the decoded batch
-    to the length bucket of at least this many frames (:func:`stream_frames_bound` gives one that holds every call
-    of a stream, so the whole stream runs one compiled program); by default each call pads its own input to a
-    power-of-two bucket from 64 frames. Padding never changes the result.
+    to exactly this many frames when every input fits (:func:`stream_frames_bound` gives a length that holds every
+    call of a stream, so the whole stream runs one compiled program); otherwise (and by default) each call pads
+    its input to a power-of-two bucket from 64 frames. Padding never changes the result.
 
     Returns ``(wavs, new_state)``: ``wavs[i]`` is stream i's new waveform ``[samples]`` float32 (official
     ``wav.float()``), or None when the call returned nothing for it. Sample counts are multiples of
@@ -201,7 +201,10 @@ def streaming_decode(
     if not last_chunk and all(length <= config.right_overlap for length in input_lengths):
         # every stream returns None: the official call decodes the batch and discards it; skip that work
         return [None] * len(inputs), StreamingState(hidden=tuple(inputs), processed=(0,) * len(inputs))
-    bucket = bucket_length(max(*input_lengths, pad_to), minimum=BUCKET_MINIMUM, step=512)  # few compiled shapes
+    if pad_to >= max(input_lengths):
+        bucket = pad_to  # the caller's one shape for the whole stream
+    else:
+        bucket = bucket_length(max(input_lengths), minimum=BUCKET_MINIMUM, step=512)  # few compiled shapes
     padded = np.zeros((len(inputs), bucket, cfg.d_model), np.float32)  # [B, Tb, D]
     for i, x in enumerate(inputs):
         padded[i, : x.shape[0]] = x

@@ -18,6 +18,8 @@ import numpy as np
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from mimo_ref.tap import collecting
+
 MAX_SHOWN_VALUES = 16  # arrays with at most this many elements are printed in full in failure messages
 
 
@@ -158,6 +160,42 @@ def first_mismatch(ref: Any, cand: Any, rtol: float, atol: float | None) -> Mism
     return None
 
 
+def with_stages(fn: Callable) -> Callable:
+    """``fn`` run inside :func:`mimo_ref.tap.collecting`: returns ``(output, {tap name: array})``, the stages it
+    computed (jit disabled). A JAX candidate built on ``mimo_ref`` functions gives its stages this way; a port gives
+    its own dict under the names of ``docs/tracing.md``."""
+
+    def staged(*args, **kwargs):
+        with collecting() as store:
+            out = fn(*args, **kwargs)
+        return out, dict(store)
+
+    return staged
+
+
+def first_stage_mismatch(
+    ref_stages: dict[str, Any], cand_stages: dict[str, Any], rtol: float, atol: float | None
+) -> tuple[Mismatch | None, list[str]]:
+    """Compare the stages the candidate reports, in the reference's order -> (first mismatch or None, the names of
+    the stages compared before it, in order). A stage name the reference never tapped raises ValueError."""
+    unknown = [name for name in cand_stages if name not in ref_stages]
+    if unknown:
+        known = ", ".join(list(ref_stages)[:12])
+        raise ValueError(
+            f"the candidate reports stages the reference does not compute: {unknown[:5]}; the reference's stages "
+            f"are, in order: {known}{', ...' if len(ref_stages) > 12 else ''} (names: docs/tracing.md)"
+        )
+    agreed = []
+    for name in ref_stages:
+        if name not in cand_stages:
+            continue
+        found = leaf_mismatch(f"stage {name}", ref_stages[name], cand_stages[name], rtol, atol)
+        if found is not None:
+            return found, agreed
+        agreed.append(name)
+    return None, agreed
+
+
 def differential(
     reference_fn: Callable,
     candidate_fn: Callable,
@@ -167,6 +205,7 @@ def differential(
     atol: float | None = None,
     max_examples: int | None = None,
     shrink: bool = False,
+    stages: bool = False,
 ) -> None:
     """Check ``candidate_fn`` against ``reference_fn`` on cases drawn from ``strategy``.
 
@@ -176,24 +215,41 @@ def differential(
     (``atol`` defaults to ``rtol * max|ref|`` of that leaf, so values far below the leaf's scale are compared
     absolutely); non-finite values must match exactly.
 
+    ``stages=True``: say *where* a port diverges, not only *that* it does. The reference runs inside
+    :func:`mimo_ref.tap.collecting` (eagerly), which records every stage it computes under the tap names of
+    ``docs/tracing.md``; ``candidate_fn`` returns ``(output, stages)`` with ``stages`` a dict from any of those
+    names to the port's value (a port reports what it has; :func:`with_stages` gives a JAX candidate's). The
+    reported stages are compared first, in the reference's order, with the same tolerance; the message names the
+    first diverging stage and the stages that agreed before it. Then the outputs are compared.
+
     Raises ``AssertionError`` on the first case where they differ, or where the candidate raises, with a message
     naming the case number, every drawn input and the mismatch. ``shrink=True`` lets Hypothesis minimise the
     failing case first (more calls, possibly more compiles). ``max_examples`` overrides the active Hypothesis
     profile's. Call it from a plain test function, not from inside another ``@given`` test.
     """
     counter = itertools.count(1)
+    reference = with_stages(reference_fn) if stages else reference_fn
 
     def check(drawn: Drawn):
         case = drawn.value
         number = next(counter)
-        ref = call(reference_fn, case)
+        ref = call(reference, case)
         try:
             cand = call(candidate_fn, case)
         except Exception as exc:  # a crash of the candidate is a finding too
             raise AssertionError(failure_message(number, case, f"candidate raised {exc!r}", rtol, atol)) from exc
+        note = ""
+        if stages:
+            (ref, ref_stages), (cand, cand_stages) = ref, unpack_staged(cand)
+            found, agreed = first_stage_mismatch(ref_stages, cand_stages, rtol, atol)
+            if found is not None:
+                before = f"after {len(agreed)} agreeing stages" + (f", the last {agreed[-1]}" if agreed else "")
+                where = f"first diverging stage: {found.path[len('stage ') :]} ({before})"
+                raise AssertionError(failure_message(number, case, f"{where}\n  {found.detail}", rtol, atol))
+            note = f" (all {len(agreed)} stages the candidate reports agree)"
         found = first_mismatch(ref, cand, rtol, atol)
         if found is not None:
-            raise AssertionError(failure_message(number, case, f"{found.path}: {found.detail}", rtol, atol))
+            raise AssertionError(failure_message(number, case, f"{found.path}: {found.detail}{note}", rtol, atol))
 
     overrides: dict[str, Any] = {"deadline": None, "database": None, "report_multiple_bugs": False}
     if max_examples is not None:
@@ -201,6 +257,12 @@ def differential(
     if not shrink:
         overrides["phases"] = (Phase.explicit, Phase.reuse, Phase.generate)
     settings(**overrides)(given(strategy.map(Drawn))(check))()
+
+
+def unpack_staged(result: Any) -> tuple[Any, dict[str, Any]]:
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
+        raise TypeError("with stages=True the candidate must return (output, {stage name: array})")
+    return result
 
 
 def failure_message(number: int, case: Any, what: str, rtol: float, atol: float | None) -> str:

@@ -22,6 +22,7 @@ D model width, Q quantizer levels, M mel bins.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -573,3 +574,51 @@ def make_codes(sizes: tuple[int, ...], frames: int, seed: int) -> np.ndarray:
 def code_frames(mel_frames: int) -> int:
     """Code frames of a segment of ``mel_frames`` (real conv stem and pooler): ``ceil(((L - 1) // 2 + 1) / 2)``."""
     return math.ceil(((mel_frames - 1) // 2 + 1) / 2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cases of the reference entries (mimo_ref.testing.entries)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def cached_lm_params(cfg: LMConfig, seed: int, weights: str = "probing") -> dict:
+    """:func:`lm_params` kept for reuse across examples (params are not modified by the entries)."""
+    return lm_params(cfg, seed, weights=weights)
+
+
+@functools.lru_cache(maxsize=16)
+def cached_audio_params(cfg: AudioTokenizerConfig, seed: int, weights: str = "probing") -> dict:
+    """:func:`audio_params` kept for reuse across examples."""
+    return audio_params(cfg, seed, weights=weights)
+
+
+@st.composite
+def patch_decoder_cases(draw, *, batch: int = 1, weights: str = "probing") -> dict[str, Any]:
+    """Cases of :func:`mimo_ref.testing.entries.patch_decoder_outputs`: ``{"params", "local_hidden", "cfg"}``.
+
+    An LM corner config (:data:`LM_CORNERS`), params from one of 4 seeds (``weights``, default probing), and a
+    patch-decoder input ``[batch, Dl]`` ~ N(0, 1) float32 (the scale of ``hidden_states_downcast`` of a normed
+    hidden state) from a drawn seed.
+    """
+    cfg = draw(lm_corner_configs())
+    params = cached_lm_params(cfg, draw(st.integers(0, 3)), weights)
+    rng = np.random.default_rng(draw(seeds()))
+    local_hidden = rng.standard_normal((batch, cfg.local_dim)).astype(np.float32)
+    return {"params": params, "local_hidden": local_hidden, "cfg": cfg}
+
+
+@st.composite
+def codes_to_wave_cases(draw, *, weights: str = "probing") -> dict[str, Any]:
+    """Cases of :func:`mimo_ref.testing.entries.codes_to_wave_outputs`: ``{"params", "codes", "cfg"}``.
+
+    A tokenizer corner config (:data:`AUDIO_CORNERS`), params from one of 4 seeds (``weights``, default probing:
+    about 7% of the ISTFT log-magnitudes pass the clip), and valid codes of 1..3 levels and 3 or 8 frames (two
+    lengths, so an eager or compiled port is reused).
+    """
+    cfg = draw(audio_corner_configs())
+    params = cached_audio_params(cfg, draw(st.integers(0, 3)), weights)
+    levels = draw(st.integers(1, min(3, cfg.num_quantizers)))
+    frames = draw(st.sampled_from([3, 8]))
+    codes = make_codes(tuple(cfg.codebook_sizes[:levels]), frames, draw(seeds()))
+    return {"params": params, "codes": codes, "cfg": cfg}

@@ -98,15 +98,19 @@ def test_single(expected, single_case, audio_dir):
         np.testing.assert_array_equal(result.lengths, expected[f"{key}.output_length"], err_msg=f"{key}.output_length")
 
 
-def test_packed(inputs, expected, packed_prefix, audio_dir):
-    """All segments in one packed call: a shorter segment's tail codes follow the official batch padding."""
+@pytest.mark.parametrize("segments_per_call", [None, 1], ids=["one-call", "per-segment"])
+def test_packed(inputs, expected, packed_prefix, audio_dir, segments_per_call):
+    """All segments in one packed call: a shorter segment's tail codes follow the official batch padding.
+
+    ``per-segment`` runs the segments one per call, each told the pack's longest length (the bounded-memory
+    path of ``wav_to_codes``): it must give the same official packed outputs."""
     prefix = packed_prefix
     lens = [int(n) for n in inputs["packed.lens"]]
     mels = np.concatenate([expected[f"mel.{i}"] for i in range(len(lens))], axis=0)  # S x [T_i, M] -> [T, M]
     assert mels.shape[0] == sum(lens)
     with jax.enable_x64(prefix == "f64"):
         params, cfg = tokenizer(audio_dir, prefix)
-        result = encode(params, mels, lens, cfg=cfg)
+        result = encode(params, mels, lens, cfg=cfg, segments_per_call=segments_per_call)
     np.testing.assert_array_equal(result.lengths, expected[f"{prefix}.packed.output_length"])
     np.testing.assert_array_equal(result.codes, expected[f"{prefix}.packed.codes"], err_msg=f"{prefix}.packed.codes")
     assert_close(result.quantized, expected[f"{prefix}.packed.quantized"], TOLERANCE[prefix], f"{prefix}.packed")

@@ -244,9 +244,7 @@ def test_stream_speech_is_the_pure_streaming_decode_of_the_official_span(kinds, 
         return
     state, pure = init_state(1, acfg), []
     for codes, last in chunks:
-        wavs, state = streaming_decode(
-            params, codes, [codes.shape[1]], state, cfg=acfg, config=config, last_chunk=last
-        )
+        wavs, state = streaming_decode(params, codes, [codes.shape[1]], state, cfg=acfg, config=config, last_chunk=last)
         if wavs[0] is not None and wavs[0].shape[0] > 0:
             pure.append(wavs[0])
     assert len(streamed) == len(pure)

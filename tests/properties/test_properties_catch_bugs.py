@@ -1,5 +1,6 @@
 """The properties can fail: each test injects a deliberate bug (a monkeypatched function) and asserts that a property,
-called as a plain function, raises.
+called as a plain function, raises; and ``differential`` on the strategies' cases catches the bugs a real port had
+(second half of the file).
 
 Compiled functions cache their traces, so every injection runs between two ``jax.clear_caches()``: the property
 traces the broken function, and no broken program outlives the test.
@@ -7,13 +8,18 @@ traces the broken function, and no broken program outlives the test.
 
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import pytest
 from hypothesis import Phase, settings
 
-from mimo_ref import layers, sampling
-from mimo_ref.audio import encoder, rvq
+from mimo_ref import layers, lm, sampling
+from mimo_ref.audio import encoder, rvq, transformer, vocoder
+from mimo_ref.testing import differential, entries, with_stages
+from mimo_ref.testing import strategies as mst
 from mimo_ref.testing.strategies import AUDIO_CORNERS
 from tests.properties import test_prop_audio, test_prop_layers, test_prop_lm, test_prop_sampling
 
@@ -136,3 +142,157 @@ def test_fixing_the_official_padding_leak_is_caught(monkeypatch, fresh_traces):
     # frames (even: no conv-stem leak) and L2 = 3 conv2 frames (odd, < 15: the down-sampling leak)
     with pytest.raises(AssertionError, match="leak is not reproduced"):
         prop.hypothesis.inner_test(cfg=AUDIO_CORNERS["windowed_causal"], lengths=[6, 30, 9], params_seed=0, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bugs a port had that `differential` missed with N(0, 0.02) weights, unit norm scales and zero biases (issue 14).
+# Each is injected into the reference (the candidate runs the reference entry with the bug, eagerly), and
+# `differential` on the strategies' cases (probing weights) must catch it at the float32 tolerance under the `ci`
+# Hypothesis profile (10 derandomized examples).
+# ---------------------------------------------------------------------------------------------------------------
+
+FLOAT32_RTOL = 1e-5
+
+
+def with_bug(entry, *patches):
+    """``entry`` run eagerly with ``patches`` (``(module, attribute, value)``) in place: a port with that bug."""
+
+    def candidate(**case):
+        with contextlib.ExitStack() as stack:
+            for target, name, value in patches:
+                stack.enter_context(mock.patch.object(target, name, value))
+            stack.enter_context(jax.disable_jit())  # no compiled trace of the correct code is reused
+            return entry(**case)
+
+    return candidate
+
+
+def layer_norms_swapped(params, x, cos, sin, mask, *, heads):
+    """Audio ``TransformerLayer`` with ``final_layer_norm`` before attention and ``self_attn_layer_norm`` before
+    the MLP (the two names read the other way round)."""
+    swapped = params | {
+        "self_attn_layer_norm": params["final_layer_norm"],
+        "final_layer_norm": params["self_attn_layer_norm"],
+    }
+    return REAL["transformer_layer"](swapped, x, cos, sin, mask, heads=heads)
+
+
+def q_bias_dropped(params, x, *args, **kwargs):
+    """Qwen2 attention without the q_proj bias."""
+    return REAL["qwen_attention"](params | {"q_proj": {"weight": params["q_proj"]["weight"]}}, x, *args, **kwargs)
+
+
+def local_final_norm_dropped(params, x, positions, mask, *, cfg, name="qwen", **kwargs):
+    """The patch decoder's local stack without its final RMSNorm (the heads read the last layer's output)."""
+    if name != "lm.patch_decoder.stack":
+        return REAL["qwen_stack"](params, x, positions, mask, cfg=cfg, name=name, **kwargs)
+    identity = {"weight": None}
+
+    def no_norm(norm_params, h, *, eps):
+        return h if norm_params is identity else REAL["rms_norm"](norm_params, h, eps=eps)
+
+    with mock.patch.object(layers, "rms_norm", no_norm):
+        return REAL["qwen_stack"](params | {"norm": identity}, x, positions, mask, cfg=cfg, name=name, **kwargs)
+
+
+def local_rope_positions_missing(params, x, positions, mask, *, cfg, name="qwen", **kwargs):
+    """The patch decoder's local stack with every step at RoPE position 0 (the KV-cache slots are still right)."""
+    if name == "lm.patch_decoder.stack":
+        positions = jnp.zeros_like(positions)
+    return REAL["qwen_stack"](params, x, positions, mask, cfg=cfg, name=name, **kwargs)
+
+
+def next_input_sum_in_bf16(emb, active, dtype):
+    """The patch decoder's next-input sum accumulated in a bfloat16 buffer (as the input embedding's speech sum
+    is), instead of the model dtype."""
+    return REAL["local_next_input"](emb, active, jnp.bfloat16).astype(dtype)
+
+
+def interleaved_rope(x, cos, sin):
+    """RoPE on interleaved pairs ``(x_2i, x_2i+1)`` (GPT-J / Meta layout) instead of the half-split pairs
+    ``(x_i, x_i+H/2)`` of HF Qwen2 (same angles)."""
+    h = x.shape[-1]
+    c = cos[..., None, : h // 2]  # [.., T, H] -> [.., T, 1, H/2]: angle of pair i
+    s = sin[..., None, : h // 2]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return jnp.stack([even * c - odd * s, even * s + odd * c], axis=-1).reshape(x.shape)
+
+
+REAL = {
+    "transformer_layer": transformer.transformer_layer,
+    "qwen_attention": lm.qwen_attention,
+    "qwen_stack": lm.qwen_stack,
+    "rms_norm": layers.rms_norm,
+    "local_next_input": lm.local_next_input,
+}
+
+PORT_BUGS = {
+    # name: (entry, cases, patches)
+    "layer_norms_swapped": (
+        entries.codes_to_wave_outputs,
+        mst.codes_to_wave_cases,
+        [(transformer, "transformer_layer", layer_norms_swapped)],
+    ),
+    "istft_magnitude_clip_missing": (
+        entries.codes_to_wave_outputs,
+        mst.codes_to_wave_cases,
+        [(vocoder, "MAX_MAGNITUDE", float("inf"))],
+    ),
+    "q_bias_dropped": (
+        entries.patch_decoder_outputs,
+        mst.patch_decoder_cases,
+        [(lm, "qwen_attention", q_bias_dropped)],
+    ),
+    "local_final_norm_dropped": (
+        entries.patch_decoder_outputs,
+        mst.patch_decoder_cases,
+        [(lm, "qwen_stack", local_final_norm_dropped)],
+    ),
+    "local_rope_positions_missing": (
+        entries.patch_decoder_outputs,
+        mst.patch_decoder_cases,
+        [(lm, "qwen_stack", local_rope_positions_missing)],
+    ),
+    "next_input_sum_in_bf16": (
+        entries.patch_decoder_outputs,
+        mst.patch_decoder_cases,
+        [(lm, "local_next_input", next_input_sum_in_bf16)],
+    ),
+    "interleaved_rope": (
+        entries.patch_decoder_outputs,
+        mst.patch_decoder_cases,
+        [(layers, "apply_rope", interleaved_rope)],
+    ),
+}
+
+
+@pytest.mark.parametrize("bug", list(PORT_BUGS))
+def test_differential_catches_the_port_bugs(bug):
+    entry, cases, patches = PORT_BUGS[bug]
+    with pytest.raises(AssertionError, match="differential: candidate disagrees"):
+        differential(entry, with_bug(entry, *patches), cases(), FLOAT32_RTOL)
+
+
+@pytest.mark.parametrize("cases", [mst.patch_decoder_cases, mst.codes_to_wave_cases])
+def test_differential_passes_the_entries_without_a_bug(cases):
+    """The control: the same harness with no bug injected passes (eager candidate vs reference, float32)."""
+    entry = entries.patch_decoder_outputs if cases is mst.patch_decoder_cases else entries.codes_to_wave_outputs
+    differential(entry, with_bug(entry), cases(), FLOAT32_RTOL)
+
+
+@pytest.mark.parametrize(
+    ("bug", "first_stage"),
+    [
+        ("q_bias_dropped", "lm.patch_decoder.stack.layer0"),
+        ("local_final_norm_dropped", "lm.patch_decoder.stack.norm"),
+        ("layer_norms_swapped", "audio.decoder.layer0"),
+        ("istft_magnitude_clip_missing", "audio.istft.spectrum_real"),
+    ],
+)
+def test_differential_with_stages_names_the_first_diverging_stage(bug, first_stage):
+    """Given the candidate's intermediates (tap names), ``differential`` reports the stage where the bug is."""
+    entry, cases, patches = PORT_BUGS[bug]
+    with pytest.raises(AssertionError, match=f"first diverging stage: {first_stage} ") as caught:
+        candidate = with_stages(with_bug(entry, *patches))
+        differential(entry, candidate, cases(), FLOAT32_RTOL, stages=True, max_examples=2)
+    assert "agreeing stages" in str(caught.value)
