@@ -30,6 +30,7 @@ from mimo_ref import audio as audio_tok
 from mimo_ref import generate, lm, prompts, sampling, sharding
 from mimo_ref.audio.streaming import StreamingConfig, init_state, stream_frames_bound, streaming_decode
 from mimo_ref.audio_io import AudioFileError, load_audio, resample
+from mimo_ref.audio_limits import check_audio_length, file_length
 from mimo_ref.checkpoint import resolve_checkpoint
 from mimo_ref.checks import InputError, check_long_enough, fold_seed, mono_wave, positive_int
 from mimo_ref.config import LMConfig, SpecialTokens
@@ -279,6 +280,9 @@ class MimoAudio:
             wave, sr = mono_wave(audio[0], audio[1], what=f"the {what} wave")
             name = f"the {what} wave"
         elif isinstance(audio, (str, os.PathLike)):
+            header = file_length(audio)  # (samples, rate) from the file's header, without decoding the audio
+            if header is not None:
+                self.check_audio_length(*header, what=f"{what} file {os.fspath(audio)}")
             try:
                 wave, sr = load_audio(audio)  # [T] float32 at the file's rate
             except (FileNotFoundError, AudioFileError) as exc:
@@ -290,9 +294,18 @@ class MimoAudio:
             )
         acfg = self.audio_cfg
         check_long_enough(wave.shape[0], sr, what=name, nfft=acfg.nfft, tokenizer_rate=acfg.sampling_rate)
+        self.check_audio_length(wave.shape[0], sr, what=name)
         wave = resample(wave, sr, SAMPLE_RATE)  # [T] -> [S] at 24 kHz (unchanged when already at 24 kHz)
         codes = audio_tok.wav_to_codes(self.audio_params, self.audio_cfg, wave, self.lm_cfg.audio_channels)
         return AudioCodes(prompts.pad_codes_to_group(codes, self.lm_cfg.group_size))
+
+    def check_audio_length(self, samples: int, sample_rate: int, *, what: str) -> None:
+        """Refuse audio longer than the tokenizer's ``max_audio_seconds`` or too long for the LM context, before it
+        is decoded or encoded (:func:`mimo_ref.audio_limits.check_audio_length`)."""
+        check_audio_length(
+            samples, sample_rate, what=what, cfg=self.audio_cfg,
+            max_positions=self.lm_cfg.max_position_embeddings, group_size=self.lm_cfg.group_size,
+        )  # fmt: skip
 
     def encode_messages(self, messages: Sequence[Mapping[str, Any]]) -> list[dict]:
         """Encode every audio of a spoken multi-turn message list (user contents, assistant ``audio`` fields).

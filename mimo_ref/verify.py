@@ -44,6 +44,7 @@ from safetensors.numpy import load_file
 
 from mimo_ref import audio, generate, golden_cases, lm, pipeline, prompts, sampling
 from mimo_ref.audio_io import load_audio_24k, resample
+from mimo_ref.metrics import max_abs, mismatches, rel_l2
 from mimo_ref.text import load_text_tokenizer
 
 BUNDLED_GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "golden"
@@ -95,27 +96,19 @@ class Case:
 # Measurements
 
 
-def rel_l2(actual, expected) -> float:
-    """``||a - e|| / ||e||`` in float64 (``||e||`` = 0 counts as 1)."""
-    a, e = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    denom = np.linalg.norm(e)
-    return float(np.linalg.norm(a - e) / (denom if denom > 0 else 1.0))
-
-
 def float_row(case: str, actual, expected, tol: float, note: str = "") -> Row:
     actual, expected = np.asarray(actual), np.asarray(expected)
     if actual.shape != expected.shape:
         return Row(case, "float", math.nan, None, tol, False, f"shape {actual.shape} != official {expected.shape}")
     err = rel_l2(actual, expected)
-    max_abs = float(np.max(np.abs(actual.astype(np.float64) - expected))) if expected.size else 0.0
-    return Row(case, "float", max_abs, err, tol, bool(err <= tol), note)
+    return Row(case, "float", max_abs(actual, expected), err, tol, bool(err <= tol), note)
 
 
 def exact_row(case: str, actual, expected, note: str = "") -> Row:
     actual, expected = np.asarray(actual), np.asarray(expected)
     if actual.shape != expected.shape:
         return Row(case, "exact", math.nan, None, 0.0, False, f"shape {actual.shape} != official {expected.shape}")
-    wrong = int(np.sum(actual != expected))
+    wrong = mismatches(actual, expected)
     if wrong and not note:
         note = f"first mismatch at {np.argwhere(actual != expected)[0].tolist()}"
     return Row(case, "exact", float(wrong), None, 0.0, wrong == 0, note)
@@ -513,7 +506,7 @@ def e2e_wav_row(g: Golden, run: str, name: str) -> Row:
     want = g.arrays("pipeline/expected.safetensors")[f"{run}.wav"].reshape(-1)
     if got.shape != want.shape:
         return Row(name, "lsb", math.nan, None, 1.0, False, f"{got.shape[0]} samples, official {want.shape[0]}")
-    worst = float(np.max(np.abs(got.astype(np.float64) - want))) / PCM16_LSB
+    worst = max_abs(got, want) / PCM16_LSB
     return Row(name, "lsb", worst, rel_l2(got, want), 1.0, worst <= 1.0001, "16-bit PCM round trip, in LSB")
 
 

@@ -69,6 +69,11 @@ class AudioTokenizerConfig:
 
     rope_theta: float
 
+    # Longest audio input, in seconds (official default 1800 when absent). The official code only sizes its RoPE
+    # tables with it and never checks it; this port refuses longer inputs before encoding (docs/audio_io.md,
+    # "Long audio"), which changes nothing for shorter ones.
+    max_audio_seconds: float = 1800.0
+
     # Run settings (not config.json fields), set by `load_audio_tokenizer` from its precision:
     # compute_dtype None means "the dtype the params are held in"; bf16_buffers rounds the RoPE inv_freq of the
     # three transformers to bfloat16, as the official wrapper's `.bfloat16()` does (see mimo_ref/precision.py).
@@ -206,6 +211,8 @@ def audio_config_from_dict(data: dict[str, Any], path: Path = Path("config.json"
         # official default [40, 10] when null
         vocoder_window=_window(data, "vocoder_attn_window_size", path, (40, 10)),
         rope_theta=f("rope_theta", float),
+        # official MiMoAudioTokenizerConfig default: max_audio_seconds=1800
+        max_audio_seconds=f("max_audio_seconds", float, 1800.0),
     )
     _check(cfg, path)
     return cfg
@@ -221,6 +228,8 @@ def _check(cfg: AudioTokenizerConfig, path: Path) -> None:
         # RoPE rotates half-dims, so the head dim must be an even integer
         if width % heads or (width // heads) % 2:
             raise ConfigError(f"{path}: `{width_name}` ({width}) / `{heads_name}` ({heads}) must be an even head dim")
+    if cfg.max_audio_seconds <= 0:
+        raise ConfigError(f"{path}: `max_audio_seconds` must be positive, found {cfg.max_audio_seconds}")
     skip = cfg.encoder_skip_layer_id
     if skip is not None and not 1 <= skip <= cfg.encoder_layers:
         raise ConfigError(f"{path}: `encoder_skip_layer_id` {skip} is not a layer in 1..{cfg.encoder_layers}")

@@ -256,7 +256,15 @@ def differential(
         overrides["max_examples"] = max_examples
     if not shrink:
         overrides["phases"] = (Phase.explicit, Phase.reuse, Phase.generate)
-    settings(**overrides)(given(strategy.map(Drawn))(check))()
+    try:
+        settings(**overrides)(given(strategy.map(Drawn))(check))()
+    except AssertionError as exc:
+        # Hypothesis notes the falsifying example as the full repr of every drawn array (params included); the
+        # message above already describes each input, so that note is dropped (the reproduction note is kept).
+        notes = getattr(exc, "__notes__", None)
+        if notes:
+            exc.__notes__ = [n for n in notes if not n.startswith("Falsifying example")]
+        raise
 
 
 def unpack_staged(result: Any) -> tuple[Any, dict[str, Any]]:

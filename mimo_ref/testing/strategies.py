@@ -613,12 +613,12 @@ def codes_to_wave_cases(draw, *, weights: str = "probing") -> dict[str, Any]:
     """Cases of :func:`mimo_ref.testing.entries.codes_to_wave_outputs`: ``{"params", "codes", "cfg"}``.
 
     A tokenizer corner config (:data:`AUDIO_CORNERS`), params from one of 4 seeds (``weights``, default probing:
-    about 7% of the ISTFT log-magnitudes pass the clip), and valid codes of 1..3 levels and 3 or 8 frames (two
-    lengths, so an eager or compiled port is reused).
+    about 7% of the ISTFT log-magnitudes pass the clip), and valid codes of 3 levels (the sum of several
+    codebooks) and 3 or 8 frames (two lengths, so an eager or compiled port is reused).
     """
     cfg = draw(audio_corner_configs())
     params = cached_audio_params(cfg, draw(st.integers(0, 3)), weights)
-    levels = draw(st.integers(1, min(3, cfg.num_quantizers)))
+    levels = min(3, cfg.num_quantizers)
     frames = draw(st.sampled_from([3, 8]))
     codes = make_codes(tuple(cfg.codebook_sizes[:levels]), frames, draw(seeds()))
     return {"params": params, "codes": codes, "cfg": cfg}
