@@ -163,8 +163,9 @@ def finish(pipe, out, args, *, audio: bool) -> int:
     if audio:
         if out.wav is None:
             raise CliError("the task produced no audio")
-        write_wav(args.output, out.wav, 24000)
-        note(f"wrote {args.output} ({out.wav.shape[0] / 24000:.2f} s at 24 kHz)")
+        rate = pipe.audio_cfg.sampling_rate
+        write_wav(args.output, out.wav, rate)
+        note(f"wrote {args.output} ({out.wav.shape[0] / rate:.2f} s at {rate / 1000:g} kHz)")
     return 0
 
 
@@ -237,10 +238,11 @@ def finish_spoken(pipe, out, results: list, args) -> int:
                 first_audio_s.append(time.perf_counter() - start)
             yield wav
 
+    rate = pipe.audio_cfg.sampling_rate
     if args.output == "-":
-        samples = stream_io.write_pcm_stream(sys.stdout.buffer, timed(out), 24000)
+        samples = stream_io.write_pcm_stream(sys.stdout.buffer, timed(out), rate)
     else:
-        samples = stream_io.write_growing_wav(args.output, timed(out), 24000)
+        samples = stream_io.write_growing_wav(args.output, timed(out), rate)
     if pipe.progress is not None:
         print(file=sys.stderr)  # end the progress line
     result = results[0]
@@ -249,7 +251,8 @@ def finish_spoken(pipe, out, results: list, args) -> int:
         note(generation_summary(pipe, result, max_new_groups=args.max_new_groups, elapsed_s=elapsed))
     print(result.text, file=sys.stderr if args.output == "-" else sys.stdout)
     where = "stdout (raw 16-bit PCM)" if args.output == "-" else args.output
-    note(f"streamed {samples / 24000:.2f} s at 24 kHz to {where}; first audio {first_audio_s[0]:.2f} s after the start")
+    seconds, first = samples / rate, first_audio_s[0]
+    note(f"streamed {seconds:.2f} s at {rate / 1000:g} kHz to {where}; first audio {first:.2f} s after the start")
     return 0
 
 

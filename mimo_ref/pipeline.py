@@ -28,6 +28,7 @@ import numpy as np
 
 from mimo_ref import audio as audio_tok
 from mimo_ref import generate, lm, prompts, sampling, sharding
+from mimo_ref.audio.pipeline import EMPTY_AUDIO_SAMPLES
 from mimo_ref.audio.streaming import StreamingConfig, init_state, stream_frames_bound, streaming_decode
 from mimo_ref.audio_io import AudioFileError, load_audio, resample
 from mimo_ref.audio_limits import check_audio_length, file_length
@@ -41,9 +42,7 @@ from mimo_ref.text import TextTokenizer, decode_text_channel, load_text_tokenize
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_LM = REPO_ROOT / "weights" / "mimo_audio_tiny"
 BUNDLED_AUDIO_TOKENIZER = REPO_ROOT / "weights" / "mimo_audio_tokenizer_tiny"
-SAMPLE_RATE = 24000
 log = logging.getLogger(__name__)  # stage messages (model loading); the CLI prints them on stderr
-DECODE_CHUNK_FRAMES = 1500  # official forward(): codes are decoded 1500 frames at a time
 
 # audio inputs: a file path, a (wave, sample_rate) pair, or codes already encoded
 AudioInput = str | os.PathLike | tuple[np.ndarray, int] | AudioCodes
@@ -110,7 +109,7 @@ def decode_outputs(
         return text, None
     codes = speech_span(ids[:, prompt_length:], special=tokenizer.special, cfg=cfg)
     if codes.shape[1] == 0:
-        return text, np.zeros(SAMPLE_RATE, np.float32)
+        return text, np.zeros(EMPTY_AUDIO_SAMPLES, np.float32)
     params, acfg = audio
     return text, np.asarray(audio_tok.codes_to_wav(params, acfg, codes), np.float32)
 
@@ -195,7 +194,7 @@ def stream_speech(
         fed += codes.shape[1]
         if fed == 0:
             if last:
-                yield np.zeros(SAMPLE_RATE, np.float32)
+                yield np.zeros(EMPTY_AUDIO_SAMPLES, np.float32)
             continue
         wavs, state = streaming_decode(
             params, codes, [codes.shape[1]], state, cfg=acfg, config=config, last_chunk=last, pad_to=pad_to
@@ -295,7 +294,7 @@ class MimoAudio:
         acfg = self.audio_cfg
         check_long_enough(wave.shape[0], sr, what=name, nfft=acfg.nfft, tokenizer_rate=acfg.sampling_rate)
         self.check_audio_length(wave.shape[0], sr, what=name)
-        wave = resample(wave, sr, SAMPLE_RATE)  # [T] -> [S] at 24 kHz (unchanged when already at 24 kHz)
+        wave = resample(wave, sr, acfg.sampling_rate)  # [T] -> [S] at the tokenizer's rate (24 kHz)
         codes = audio_tok.wav_to_codes(self.audio_params, self.audio_cfg, wave, self.lm_cfg.audio_channels)
         return AudioCodes(prompts.pad_codes_to_group(codes, self.lm_cfg.group_size))
 
