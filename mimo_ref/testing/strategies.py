@@ -594,14 +594,16 @@ def cached_audio_params(cfg: AudioTokenizerConfig, seed: int, weights: str = "pr
 
 
 @st.composite
-def patch_decoder_cases(draw, *, batch: int = 1, weights: str = "probing") -> dict[str, Any]:
+def patch_decoder_cases(
+    draw, *, batch: int = 1, weights: str = "probing", configs: st.SearchStrategy[LMConfig] | None = None
+) -> dict[str, Any]:
     """Cases of :func:`mimo_ref.testing.entries.patch_decoder_outputs`: ``{"params", "local_hidden", "cfg"}``.
 
-    An LM corner config (:data:`LM_CORNERS`), params from one of 4 seeds (``weights``, default probing), and a
-    patch-decoder input ``[batch, Dl]`` ~ N(0, 1) float32 (the scale of ``hidden_states_downcast`` of a normed
-    hidden state) from a drawn seed.
+    An LM corner config (:data:`LM_CORNERS`, or from ``configs``), params from one of 4 seeds (``weights``,
+    default probing), and a patch-decoder input ``[batch, Dl]`` ~ N(0, 1) float32 (the scale of
+    ``hidden_states_downcast`` of a normed hidden state) from a drawn seed.
     """
-    cfg = draw(lm_corner_configs())
+    cfg = draw(configs if configs is not None else lm_corner_configs())
     params = cached_lm_params(cfg, draw(st.integers(0, 3)), weights)
     rng = np.random.default_rng(draw(seeds()))
     local_hidden = rng.standard_normal((batch, cfg.local_dim)).astype(np.float32)
@@ -609,16 +611,23 @@ def patch_decoder_cases(draw, *, batch: int = 1, weights: str = "probing") -> di
 
 
 @st.composite
-def codes_to_wave_cases(draw, *, weights: str = "probing") -> dict[str, Any]:
+def codes_to_wave_cases(
+    draw,
+    *,
+    weights: str = "probing",
+    configs: st.SearchStrategy[AudioTokenizerConfig] | None = None,
+    frames: st.SearchStrategy[int] | None = None,
+) -> dict[str, Any]:
     """Cases of :func:`mimo_ref.testing.entries.codes_to_wave_outputs`: ``{"params", "codes", "cfg"}``.
 
-    A tokenizer corner config (:data:`AUDIO_CORNERS`), params from one of 4 seeds (``weights``, default probing:
-    about 7% of the ISTFT log-magnitudes pass the clip), and valid codes of 3 levels (the sum of several
-    codebooks) and 3 or 8 frames (two lengths, so an eager or compiled port is reused).
+    A tokenizer corner config (:data:`AUDIO_CORNERS`, or from ``configs``), params from one of 4 seeds
+    (``weights``, default probing: about 7% of the ISTFT log-magnitudes pass the clip), and valid codes of 3 levels
+    (the sum of several codebooks) and 3 or 8 frames (or from ``frames``; few lengths, so a compiled port is
+    reused).
     """
-    cfg = draw(audio_corner_configs())
+    cfg = draw(configs if configs is not None else audio_corner_configs())
     params = cached_audio_params(cfg, draw(st.integers(0, 3)), weights)
     levels = min(3, cfg.num_quantizers)
-    frames = draw(st.sampled_from([3, 8]))
+    frames = draw(frames if frames is not None else st.sampled_from([3, 8]))
     codes = make_codes(tuple(cfg.codebook_sizes[:levels]), frames, draw(seeds()))
     return {"params": params, "codes": codes, "cfg": cfg}
