@@ -16,11 +16,13 @@ Params become nested dicts keyed like the checkpoint names: ``"model.layers.3.ml
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import re
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -146,7 +148,8 @@ class SafetensorsFile:
             )
         self.header = header
         self.data_start = 8 + header_len
-        self.mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
+        with open(self.path, "rb") as fh:
+            self.mmap = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)  # the mapping outlives the handle
 
     def names(self) -> list[str]:
         return list(self.header)
@@ -159,8 +162,25 @@ class SafetensorsFile:
         if info["dtype"] not in SAFETENSORS_DTYPES:
             raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
         begin, end = info["data_offsets"]
-        raw = self.mmap[self.data_start + begin : self.data_start + end]
-        return raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+        dtype = np.dtype(SAFETENSORS_DTYPES[info["dtype"]])
+        count = (end - begin) // dtype.itemsize
+        return np.frombuffer(self.mmap, dtype, count, self.data_start + begin).reshape(info["shape"])
+
+    def release(self, name: str) -> None:
+        """Drop the pages of tensor ``name`` from this process once it was copied out.
+
+        Why a hand-written reader rather than ``safetensors.safe_open``: every memory-mapped reader (numpy's
+        memmap, ``safe_open``'s) keeps each page it touched resident in the process until the file is closed, so
+        loading the 16 GB 7B checkpoint measured 20.9 GiB peak RSS (the params plus the file pages of the shards);
+        ``madvise(MADV_DONTNEED)`` after each tensor returns its pages to the page cache (shared, not this
+        process's), and the peak stays at the params plus one tensor (see docs/scale.md).
+        """
+        begin, end = self.header[name]["data_offsets"]
+        page = mmap.PAGESIZE
+        start = (self.data_start + begin) // page * page  # madvise wants a page-aligned start
+        length = self.data_start + end - start
+        if length > 0 and hasattr(mmap, "MADV_DONTNEED"):
+            self.mmap.madvise(mmap.MADV_DONTNEED, start, length)
 
 
 def open_checkpoint_tensors(folder: Path) -> dict[str, SafetensorsFile]:
@@ -271,8 +291,29 @@ def load_params(
     flat = {}
     for name in shapes:
         view = where[name].read(name)  # memory-mapped, no copy yet
-        # one tensor at a time: a cast (if any) makes one host copy, jnp.asarray one device copy of it
-        array = view.astype(precision.storage_dtype(view.dtype), copy=False)
-        # `place(name, array) -> jax.Array` (e.g. mimo_ref.sharding) copies each device's slice only
-        flat[name] = jnp.asarray(array) if place is None else place(name, array)
+        storage = precision.storage_dtype(view.dtype)
+        if place is None:
+            # One tensor at a time: copy (and cast) it into a 64-byte-aligned host buffer, drop its file pages,
+            # then copy the buffer to the device. Aligned, the device copy needs no staging copy (measured: the
+            # unaligned file view cost a third transient copy of the largest tensor, 1.2 GiB for the 7B).
+            host = aligned_empty(view.shape, storage)
+            np.copyto(host, view, casting="unsafe")
+            where[name].release(name)  # its file pages leave this process
+            flat[name] = jax.block_until_ready(jnp.asarray(host))
+            del host
+        else:
+            # `place(name, array) -> jax.Array` (mimo_ref.sharding) copies each device's slice straight from the map
+            flat[name] = jax.block_until_ready(place(name, view.astype(storage, copy=False)))
+            where[name].release(name)
+        del view
     return nest(flat)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype, alignment: int = 64) -> np.ndarray:
+    """An uninitialised host array whose data starts on an ``alignment``-byte boundary (what XLA's CPU client
+    copies from without an intermediate staging buffer)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + alignment, np.uint8)
+    offset = -raw.ctypes.data % alignment
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)

@@ -8,6 +8,10 @@ array (4 bytes a sample, 5.8 MB a minute at 24 kHz) and is listed on its own lin
 its input. The parent polls each child's RSS and stops it above ``--limit-gb`` (default 6), so a run of the
 unbounded encoder cannot exhaust a shared machine; such a run is reported as "stopped above" the limit.
 
+``--one-call`` measures the official structure instead (what ``wav_to_codes`` did before it was bounded): the
+whole file's log-mel at once, then each group of up to 256000 mel frames in one packed call
+(:func:`packed_reference_codes`; same codes).
+
 Figures measured with it are in ``docs/audio_io.md`` ("Long audio").
 """
 
@@ -15,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -47,7 +50,23 @@ def synthetic_wave(seconds: float, seed: int = 0):
     return wave
 
 
-def child(minutes: float, tokenizer: str, n_q: int, save: str | None) -> dict:
+def packed_reference_codes(params, cfg, wave, n_q: int):
+    """The official encoding structure, literally: log-mel of the whole wave, then each group of segments in one
+    packed call (``encode`` with all of the group's segments at once). -> codes ``[n_q, T']``."""
+    import numpy as np
+
+    from mimo_ref.audio import encode, log_mel, pipeline
+
+    mels = np.asarray(log_mel(wave, cfg, sample_rate=cfg.sampling_rate))  # [samples] -> [T, M]
+    parts, start = [], 0
+    lengths = pipeline.segment_lengths(mels.shape[0], pipeline.SEGMENT_FRAMES)
+    for group in pipeline.group_by_length(lengths, pipeline.MAX_PACKED_FRAMES):
+        parts.append(encode(params, mels[start : start + sum(group)], group, cfg=cfg, n_q=n_q).codes)
+        start += sum(group)
+    return np.concatenate(parts, axis=1)  # groups x [n_q, T'_g] -> [n_q, T']
+
+
+def child(minutes: float, tokenizer: str, n_q: int, save: str | None, one_call: bool = False) -> dict:
     """One measurement, in this (fresh) process: load, make the wave, encode, report."""
     import numpy as np
 
@@ -57,12 +76,14 @@ def child(minutes: float, tokenizer: str, n_q: int, save: str | None) -> dict:
     wave = synthetic_wave(minutes * 60)
     before = peak_rss_mb()
     start = time.perf_counter()
-    codes = np.asarray(wav_to_codes(params, cfg, wave, n_q))  # [n_q, T']
+    encoder = packed_reference_codes if one_call else wav_to_codes
+    codes = np.asarray(encoder(params, cfg, wave, n_q))  # [n_q, T']
     seconds = time.perf_counter() - start
     if save:
         np.save(save, codes)
     return {
         "minutes": minutes,
+        "encoder": "one call per group" if one_call else "wav_to_codes",
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "rss_before_encode_mb": round(before, 1),
         "input_wave_mb": round(wave.nbytes / 2**20, 1),
@@ -72,10 +93,12 @@ def child(minutes: float, tokenizer: str, n_q: int, save: str | None) -> dict:
     }
 
 
-def run_one(minutes: float, tokenizer: str, n_q: int, limit_gb: float, save: str | None) -> dict:
+def run_one(
+    minutes: float, tokenizer: str, n_q: int, limit_gb: float, save: str | None, one_call: bool = False
+) -> dict:
     """Start a child process for one length, watch its RSS, return its report (or the limit it passed)."""
     command = [sys.executable, "-m", "mimo_ref.long_audio_bench", "--child", str(minutes), "--tokenizer", tokenizer]
-    command += ["--n-q", str(n_q)] + (["--save", save] if save else [])
+    command += ["--n-q", str(n_q)] + (["--save", save] if save else []) + (["--one-call"] if one_call else [])
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)
     limit_kb = limit_gb * 2**20
     while proc.poll() is None:
@@ -87,7 +110,7 @@ def run_one(minutes: float, tokenizer: str, n_q: int, limit_gb: float, save: str
         if rss_kb > limit_kb:
             proc.kill()
             proc.wait()
-            return {"minutes": minutes, "stopped_above_gb": limit_gb}
+            return {"minutes": minutes, "one_call": one_call, "stopped_above_gb": limit_gb}
         time.sleep(0.05)
     out = proc.stdout.read()
     if proc.returncode != 0:
@@ -101,14 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer", default=str(BUNDLED_AUDIO_TOKENIZER), help="tokenizer checkpoint folder")
     parser.add_argument("--n-q", type=int, default=8, help="code levels kept (the LM keeps 8)")
     parser.add_argument("--limit-gb", type=float, default=6.0, help="stop a run whose RSS passes this")
-    parser.add_argument("--save", default=None, help="(with --child) save the codes to this .npy file")
+    parser.add_argument("--save", default=None, help="save the codes of each run to this .npy file")
+    parser.add_argument("--one-call", action="store_true", help="measure the one-call-per-group structure instead")
     parser.add_argument("--child", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child is not None:
-        print(json.dumps(child(args.child, args.tokenizer, args.n_q, args.save)))
+        print(json.dumps(child(args.child, args.tokenizer, args.n_q, args.save, args.one_call)))
         return 0
     for minutes in args.minutes:
-        print(json.dumps(run_one(minutes, args.tokenizer, args.n_q, args.limit_gb, None)), flush=True)
+        report = run_one(minutes, args.tokenizer, args.n_q, args.limit_gb, args.save, args.one_call)
+        print(json.dumps(report), flush=True)
     return 0
 
 

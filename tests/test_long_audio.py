@@ -11,10 +11,9 @@ others of its pack.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,17 +109,6 @@ def test_log_mel_frames_equal_slices_of_log_mel(tiny):
         log_mel_frames(wave, cfg, start=200, frames=51)
 
 
-def _packed_reference(params, cfg, wave, n_q):
-    """The official algorithm literally: the whole file's log-mel, then each group in one packed call."""
-    mels = np.asarray(log_mel(wave, cfg, sample_rate=cfg.sampling_rate))
-    parts, start = [], 0
-    lengths = pipeline.segment_lengths(mels.shape[0], pipeline.SEGMENT_FRAMES)
-    for group in pipeline.group_by_length(lengths, pipeline.MAX_PACKED_FRAMES):
-        parts.append(encode(params, mels[start : start + sum(group)], group, cfg=cfg, n_q=n_q).codes)
-        start += sum(group)
-    return np.concatenate(parts, axis=1)
-
-
 @pytest.mark.parametrize("frames", [737, 637])
 def test_wav_to_codes_matches_packed_reference(tiny, monkeypatch, frames):
     """wav_to_codes with small segments and groups (100 frames, groups of at most 350, 2 segments per call) equals
@@ -133,7 +121,7 @@ def test_wav_to_codes_matches_packed_reference(tiny, monkeypatch, frames):
     monkeypatch.setattr(pipeline, "SEGMENTS_PER_CALL", 2)
     wave = np.random.default_rng(frames).standard_normal((frames - 1) * cfg.hop_length + 5).astype(np.float32)
     got = wav_to_codes(params, cfg, wave * np.float32(0.1), 8)
-    want = _packed_reference(params, cfg, wave * np.float32(0.1), 8)
+    want = long_audio_bench.packed_reference_codes(params, cfg, wave * np.float32(0.1), 8)  # official structure
     assert got.dtype == np.int64 and got.shape == want.shape
     np.testing.assert_array_equal(got, want)
     assert audio_limits.code_frames(wave.shape[0], cfg.sampling_rate, cfg) == got.shape[1]

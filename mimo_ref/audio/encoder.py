@@ -51,9 +51,7 @@ from mimo_ref.precision import model_dtype
 from mimo_ref.tap import tap
 
 
-def conv_stem(
-    params: Params, mels: jax.Array, pack_length: jax.Array, *, cfg: AudioTokenizerConfig
-) -> jax.Array:
+def conv_stem(params: Params, mels: jax.Array, pack_length: jax.Array, *, cfg: AudioTokenizerConfig) -> jax.Array:
     """conv1 + GELU, conv2 (stride s) + GELU over the padded segment batch.
 
     mels ``[B, T, M]`` (zero past each length), pack_length ``[]`` mel frames of the official batch (the longest
@@ -68,9 +66,7 @@ def conv_stem(
     return x.transpose(0, 2, 1)  # [B, D, T2] -> [B, T2, D]
 
 
-def down_sample(
-    params: Params, x: jax.Array, lengths: jax.Array, pack_length: jax.Array, *, cfg: AudioTokenizerConfig
-):
+def down_sample(params: Params, x: jax.Array, lengths: jax.Array, pack_length: jax.Array, *, cfg: AudioTokenizerConfig):
     """Official down-sampling: x ``[B, T2, D]``, lengths ``[B]``, pack_length ``[]`` (the pack's longest conv2
     length) -> (``[B, T3, D]``, lengths ``[B]``).
 

@@ -229,10 +229,12 @@ def differential(
     """
     counter = itertools.count(1)
     reference = with_stages(reference_fn) if stages else reference_fn
+    first_failure: list[int] = []  # Hypothesis replays a failing case once more before reporting it
 
     def check(drawn: Drawn):
         case = drawn.value
-        number = next(counter)
+        number = first_failure[0] if first_failure else next(counter)
+        first_failure.append(number)  # kept only if this case fails (removed below when it passes)
         ref = call(reference, case)
         try:
             cand = call(candidate_fn, case)
@@ -250,6 +252,7 @@ def differential(
         found = first_mismatch(ref, cand, rtol, atol)
         if found is not None:
             raise AssertionError(failure_message(number, case, f"{found.path}: {found.detail}{note}", rtol, atol))
+        first_failure.clear()
 
     overrides: dict[str, Any] = {"deadline": None, "database": None, "report_multiple_bugs": False}
     if max_examples is not None:
