@@ -23,6 +23,7 @@ group at position ``i - pad_b``. The patch decoder has its own ``[B, G + max(del
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Iterator, Sequence
@@ -75,6 +76,29 @@ class StepStatic:
     stop_tokens: tuple[int, ...]
     prompt_slots: int  # P: padded prompt length in groups
     max_new_groups: int
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Progress: every group step reports to the host, in the jitted loop and in its streaming twin alike, so a run
+# shown on a terminal is the same compiled program as one that is not (only the listener differs).
+
+_PROGRESS_LISTENERS: list[Callable[[int], None]] = []
+
+
+def report_progress(groups) -> None:
+    """Called from the traced group step (``jax.debug.callback``) with the number of groups generated so far."""
+    for listener in _PROGRESS_LISTENERS:
+        listener(int(groups))
+
+
+@contextlib.contextmanager
+def progress_listener(listener: Callable[[int], None]) -> Iterator[None]:
+    """Within the block, ``listener(groups_done)`` is called after every group step of any generation."""
+    _PROGRESS_LISTENERS.append(listener)
+    try:
+        yield
+    finally:
+        _PROGRESS_LISTENERS.remove(listener)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,6 +268,7 @@ def group_step(
     stop = (new_len >= prompt_groups + st.max_new_groups) | (jnp.isin(text, stops) & (new_len >= min_length))
     n_generated = jnp.where(state.done, state.n_generated, step + 1)
     done = state.done | stop
+    jax.debug.callback(report_progress, step + 1)  # host-side progress (a no-op unless a listener is set)
 
     # 5. feed the group back through the one LM step, unless every row is done
     def feed(_):

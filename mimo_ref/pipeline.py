@@ -15,6 +15,7 @@ the speech span is fed to the official streaming decode as it grows, yielding wa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -249,7 +250,7 @@ class MimoAudio:
     audio_params: dict
     audio_cfg: Any
     precision: Precision  # of the LM (the audio tokenizer's is recorded in audio_cfg)
-    progress: Callable[[int, int], None] | None = None  # called (groups done, max groups) by the streaming path
+    progress: Callable[[int, int], None] | None = None  # called (groups done, max groups) after every group
     mesh: Any = None  # a jax.sharding.Mesh when loaded with mesh=...: params split over it (mimo_ref/sharding.py)
 
     @property
@@ -360,6 +361,19 @@ class MimoAudio:
             key=jax.random.key(fold_seed(seed)),  # any integer seed, reduced mod 2**32 (mimo_ref.checks)
         )
 
+    def progress_reporting(self, max_new_groups: int):
+        """Context in which generation reports ``progress(groups done, max_new_groups)`` (if a callback is set)."""
+        if self.progress is None:
+            return contextlib.nullcontext()
+        shown = [0]
+
+        def listener(groups: int) -> None:
+            if groups > shown[0]:  # one report per group (a sharded loop may call back once per device)
+                shown[0] = groups
+                self.progress(groups, max_new_groups)
+
+        return generate.progress_listener(listener)
+
     def run(
         self,
         prompt: Prompt,
@@ -380,19 +394,14 @@ class MimoAudio:
             prompt, seed=seed, max_new_groups=max_new_groups, min_new_groups=min_new_groups, samplers=samplers
         )
         max_new = kwargs["max_new_groups"]
-        if self.progress is None and self.mesh is not None:
-            result = sharding.generate(self.lm_params, cfg, self.special, prompt.input_ids, mesh=self.mesh, **kwargs)
-        elif self.progress is None:
-            result = generate.generate(self.lm_params, cfg, self.special, prompt.input_ids, **kwargs)
-        else:
-            results: list[generate.GenerationResult] = []
-            for i, _ in enumerate(
-                generate.generate_stream(
-                    self.lm_params, cfg, self.special, prompt.input_ids, on_result=results.append, **kwargs
+        # One decode path (the jitted while_loop) with or without a progress display: the loop reports each group.
+        with self.progress_reporting(max_new):
+            if self.mesh is not None:
+                result = sharding.generate(
+                    self.lm_params, cfg, self.special, prompt.input_ids, mesh=self.mesh, **kwargs
                 )
-            ):
-                self.progress(i + 1, max_new)
-            result = results[0]
+            else:
+                result = generate.generate(self.lm_params, cfg, self.special, prompt.input_ids, **kwargs)
         ids = result.sequence(0)
         audio = (self.audio_params, self.audio_cfg) if return_audio else None
         text, wav = decode_outputs(ids, prompt.input_ids.shape[1], tokenizer=self.tokenizer, cfg=cfg, audio=audio)

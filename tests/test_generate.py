@@ -65,6 +65,19 @@ def test_streaming_twin_equals_while_loop(model):
             np.testing.assert_array_equal(groups[i][b], gen[:, i * g : (i + 1) * g])
 
 
+def test_the_jitted_loop_reports_progress_once_per_group(model):
+    """Progress comes from the group step itself, so a run shown on a terminal is the same compiled while_loop as
+    one that is not (the pipeline's progress display no longer switches to the Python-loop twin)."""
+    params, cfg, special = model
+    prompt = make_prompt(cfg, special, 4, seed=1)
+    seen: list[int] = []
+    with generate.progress_listener(seen.append):
+        shown = generate.generate(params, cfg, special, prompt, max_new_groups=5)
+    plain = generate.generate(params, cfg, special, prompt, max_new_groups=5)
+    np.testing.assert_array_equal(shown.ids, plain.ids)
+    assert seen == list(range(1, int(shown.lengths[0] - shown.prompt_lengths[0]) + 1))
+
+
 def test_stop_token_ends_sequence_and_min_length_suppresses_it(model):
     params, cfg, special = model
     prompt = make_prompt(cfg, special, 4, seed=1)
