@@ -72,3 +72,20 @@ def test_markdown_links_resolve(page):
         if "://" in target:
             continue
         assert (page.parent / target).is_file(), f"{page.name}: link to {target} is broken"
+
+
+SOURCES = sorted(p for p in (ROOT / "mimo_ref").rglob("*.py")) + sorted(
+    p for p in (ROOT / "tests").rglob("*.py") if "fixtures" not in p.parts
+)
+
+
+def test_no_reference_to_files_outside_the_project():
+    """The developers' notes (``SPEC-NOTES``) are not part of the project: code and docs point at docs/quirks.md.
+    (tests/fixtures/ holds verbatim copies of the fixture set and is not checked.)"""
+    outside = [
+        f"{path.relative_to(ROOT)}:{i}"
+        for path in [*SOURCES, *PAGES]
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "SPEC-NOTES" in line and path.name != "test_docs.py"
+    ]
+    assert not outside, f"references to SPEC-NOTES (not in the project; use docs/quirks.md): {outside}"

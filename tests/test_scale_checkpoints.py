@@ -35,7 +35,7 @@ TINY_AUDIO = HERE.parent / "weights" / "mimo_audio_tokenizer_tiny"
 WAV24 = HERE / "fixtures" / "golden" / "pipeline" / "speech_24k.wav"
 DIVISOR = 64  # LM hidden 64, local 16; tokenizer d_model 20, vocoder 4: small, every real name kept
 
-# Reported ids of the real tokenizer (SPEC-NOTES, "Real checkpoint facts"): the generated one must match them.
+# Reported ids of the real tokenizer (docs/checkpoints.md): the generated one must match them.
 REAL_SPECIAL_IDS = {
     "<|endoftext|>": 151643,
     "<|im_start|>": 151644,

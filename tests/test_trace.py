@@ -261,7 +261,7 @@ def test_float64_dump_runs_generation_and_agrees_with_float32(reference_dump, st
     dtypes = {t["name"]: t["dtype"] for t in manifest["tensors"]}
     assert manifest["dtype"] == "float64"
     assert dtypes["lm.backbone.norm"] == "float64" and dtypes["lm.patch_decoder.logits.c0"] == "float64"
-    assert dtypes["lm.speech_embeddings_sum"] == "float32"  # the bfloat16 buffer, widened (SPEC-NOTES)
+    assert dtypes["lm.speech_embeddings_sum"] == "float32"  # the bfloat16 buffer, widened (docs/quirks.md)
     report = trace.compare_dumps(reference_dump, out, rtol=1e-4, only=["lm.", "generate.", "input.ids"])
     assert report["passed"], report["first_failure"]
     assert not report["absent"]  # every LM tensor of the float32 dump is in the float64 one

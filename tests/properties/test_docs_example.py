@@ -70,7 +70,7 @@ def test_differential_passes_the_fixed_attention_port():
 @functools.partial(jax.jit, static_argnames=("cfg", "empty_id"))
 def port_input_embeds(params, input_ids, *, cfg, empty_id):
     """A port of the official ``_prepare_input_embeds`` with one deliberate bug: it sums the speech embeddings in
-    the model dtype instead of the official bfloat16 buffer (SPEC-NOTES: that moves the embeds by ~2e-3)."""
+    the model dtype instead of the official bfloat16 buffer (docs/quirks.md: that moves the embeds by ~2e-3)."""
     text, speech = lm.split_groups(input_ids, cfg=cfg)  # [B, T], [B, T, C, G]
     total = 0.0
     for ch in range(cfg.audio_channels):

@@ -307,7 +307,7 @@ def test_float32_and_float64_runs_agree(case):
     """The same params in float32 and in float64 give the same input embeddings and backbone hidden states to
     float32 precision (relative 1e-5 of each output's scale).
 
-    Exception, by design (SPEC-NOTES: the speech embeddings are summed in a bfloat16 buffer in every dtype): when
+    Exception, by design (docs/quirks.md: the speech embeddings are summed in a bfloat16 buffer in every dtype): when
     the float32 sum ``buf + emb`` rounds onto a bfloat16 rounding boundary, the float32 run may round to the other
     bfloat16 neighbour than the float64 run (double rounding). Such examples are checked to differ by at most one
     bfloat16 ulp in the sum and are then skipped.
