@@ -1,8 +1,12 @@
 """Layers shared by the LM and the audio tokenizer: one pure function per upstream module.
 
-Dimension legend (used in every shape comment of this package): B batch, T positions, S key/cache length,
-D model width, N query heads, K kv heads, H head dim, F FFN width, V vocab, L layers, G group size,
-C audio channels, Q quantizer levels, M mel bins.
+Dimension legend (used in every shape comment and einsum of this package): B batch, T positions, S key/cache
+length, D model width, N query heads, K kv heads, R = N/K query heads per kv head, H head dim, F FFN width,
+V vocab, L layers, G group size, C audio channels, Q quantizer levels, M mel bins, I / O a Linear's input /
+output width. Derived widths and lengths: Di the patch encoder's width (``input_local_dim``), Dl the patch
+decoder's (``local_dim``), Vmax the largest speech vocabulary (the patch decoder's padded heads), P prompt slots
+and N new groups in generation; in the audio tokenizer T mel frames, T1 after conv1, T2 after conv2 (50 Hz),
+T3 after down-sampling (25 Hz codes).
 
 Params are nested dicts keyed like the checkpoint (``{"weight": ..., "bias": ...}``); PyTorch layouts are kept
 (``Linear.weight`` is ``[out, in]``, ``Conv1d.weight`` is ``[out, in, k]``, ``ConvTranspose1d.weight`` is
@@ -32,7 +36,7 @@ def compute_dtype(dtype) -> jnp.dtype:
 
 def linear(params: Params, x: jax.Array) -> jax.Array:
     """``nn.Linear``: ``x @ W.T (+ b)``. x ``[..., in]``, weight ``[out, in]``, bias ``[out]`` -> ``[..., out]``."""
-    y = jnp.einsum("...i,oi->...o", x, params["weight"])  # [..., in] -> [..., out]
+    y = jnp.einsum("...I,OI->...O", x, params["weight"])  # [..., I] -> [..., O]
     if "bias" in params:
         y = y + params["bias"]
     return y
@@ -196,12 +200,12 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, *, scale: 
     kh = k.shape[2]
     scale = 1.0 / math.sqrt(h) if scale is None else scale
     ct = compute_dtype(q.dtype)
-    qg = q.reshape(b, t, kh, n // kh, h).astype(ct)  # [B, T, N, H] -> [B, T, K, N/K, H]
-    scores = jnp.einsum("btkgh,bskh->bkgts", qg, k.astype(ct)) * scale  # -> [B, K, N/K, T, S]
+    qg = q.reshape(b, t, kh, n // kh, h).astype(ct)  # [B, T, N, H] -> [B, T, K, R, H], R = N/K
+    scores = jnp.einsum("BTKRH,BSKH->BKRTS", qg, k.astype(ct)) * scale  # -> [B, K, R, T, S]
     scores = jnp.where(mask[:, None, None, :, :], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v.astype(ct))  # -> [B, T, K, N/K, H]
-    return out.reshape(b, t, n, h).astype(q.dtype)  # [B, T, K, N/K, H] -> [B, T, N, H]
+    out = jnp.einsum("BKRTS,BSKH->BTKRH", probs, v.astype(ct))  # -> [B, T, K, R, H]
+    return out.reshape(b, t, n, h).astype(q.dtype)  # [B, T, K, R, H] -> [B, T, N, H]
 
 
 def cache_write(cache: jax.Array, new: jax.Array, start: jax.Array | int) -> jax.Array:

@@ -271,9 +271,8 @@ def input_embeds(params: Params, input_ids: jax.Array, *, cfg: LMConfig, empty_i
     speech_embeds = speech_embeds * is_speech.astype(speech_embeds.dtype)  # non-speech groups zeroed (still bf16)
     encoded = patch_encoder(params, speech_embeds, cfg=cfg)  # -> [B, T, G, Di] model dtype
     encoded = encoded * is_speech.astype(encoded.dtype)
-    grouped = layers.linear(
-        params["speech_group_downcast"], encoded.reshape(b, t, -1)
-    )  # [B, T, G, Di] -> [B, T, G*Di] -> [B, T, D]
+    concatenated = encoded.reshape(b, t, -1)  # [B, T, G, Di] -> [B, T, G*Di]
+    grouped = layers.linear(params["speech_group_downcast"], concatenated)  # [B, T, G*Di] -> [B, T, D]
     text_embeds = layers.embedding(params["model"]["embed_tokens"]["weight"], text)  # [B, T] -> [B, T, D]
     text_embeds = text_embeds.astype(compute_dtype(params, cfg))  # upcast at use (bf16-stored tables)
     text_embeds = jnp.where((text == empty_id)[..., None], 0, text_embeds)  # <|empty|> groups carry no text
@@ -494,9 +493,8 @@ def patch_decoder(
             params["local_transformer"], x[:, None, :], pos, mask, cfg=lcfg, cache=cache, write_pos=t,
             name="lm.patch_decoder.stack",
         )  # fmt: skip
-        logits = layers.linear({"weight": head_flat}, h[:, 0]).reshape(
-            b, c, vmax
-        )  # [B, Dl] -> [B, C*Vmax] -> [B, C, Vmax]
+        flat = layers.linear({"weight": head_flat}, h[:, 0])  # [B, Dl] -> [B, C*Vmax]
+        logits = flat.reshape(b, c, vmax)  # [B, C*Vmax] -> [B, C, Vmax]
         logits = jnp.where(padding[None], -jnp.inf, logits)
         new = choose(logits, t, keys)  # [B, C, Vmax] -> [B, C]
         active, frame = channel_activity(t, cfg=cfg)  # [C], [C]
