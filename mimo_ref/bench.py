@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mimo_ref import generate, lm, sampling
+from mimo_ref import bench_breakdown, generate, lm, sampling
 from mimo_ref.config import SpecialTokens, lm_config_from_dict
 from mimo_ref.precision import Precision, param_bytes, resolve_precision
 
@@ -60,7 +60,7 @@ JSON_KEYS = {
     "repeats": "timed runs per measurement",
     "backend": "JAX backend (cpu, gpu, tpu)",
     "devices": "JAX devices",
-}
+} | bench_breakdown.JSON_KEYS
 
 
 def throughput(s_per_group: float, batch: int) -> dict:
@@ -207,6 +207,7 @@ def run_bench(
     force_speech: bool = True,
     seed: int = 0,
     mesh=None,
+    breakdown: bool = False,
 ) -> dict:
     """Benchmark generation on a checkpoint (``model``) or a preset shape with random weights. -> JSON-able dict.
 
@@ -215,6 +216,7 @@ def run_bench(
     for ``7b``, as the real checkpoint) and are held by the same storage rule as a loaded checkpoint.
     ``mesh`` (``"data=2,model=4"``, see :func:`mimo_ref.sharding.make_mesh`): weights placed shard by shard over
     the devices, the batch split over ``data`` (``batch`` must be a multiple of it).
+    ``breakdown``: add the stage times and the measured floor (:mod:`mimo_ref.bench_breakdown`).
     """
     from mimo_ref import sharding
 
@@ -316,7 +318,17 @@ def run_bench(
         "repeats": repeats,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
-    }
+    } | (breakdown_keys(params, prefill_compiled, args_full, st, per_group, repeats) if breakdown else {})
+
+
+def breakdown_keys(params, prefill_compiled, args, st, per_group: float, repeats: int) -> dict:
+    """The ``--breakdown`` keys: each stage of a group step jitted alone on this run's prefill state, and the floor."""
+    log.info("timing the stages of a group step and the weight-read floor ...")
+    _, ids, pads, min_length, keys = args
+    state = prefill_compiled(params, ids, pads)
+    return bench_breakdown.breakdown(
+        params, state, pads, min_length, keys, st=st, s_per_group=per_group, repeats=max(5 * repeats, 10)
+    )
 
 
 def main_json(**kwargs) -> str:

@@ -222,6 +222,19 @@ def prefill(params, ids: jax.Array, pads: jax.Array, *, st: StepStatic) -> Decod
     )
 
 
+def text_token(logits: jax.Array, cur_len: jax.Array, min_length: jax.Array, keys: jax.Array, *, st: StepStatic):
+    """Step 1 of a group: the text token of every row. logits ``[B, V]``, cur_len / min_length / keys ``[B]`` -> ``[B]``.
+
+    Official ``MiMoSampler.sample`` with the stop tokens set to -inf (after processing) while the row is shorter
+    than ``min_length`` groups.
+    """
+    stops = jnp.asarray(st.stop_tokens, jnp.int32)  # [n_stop] (may be empty)
+    is_stop = jnp.isin(jnp.arange(logits.shape[-1]), stops)  # [V]
+    removed = is_stop[None, :] & (cur_len < min_length)[:, None]  # [B, V]
+    sample_text = functools.partial(sampling.sample, sampler=st.text_sampler)
+    return jax.vmap(sample_text)(logits, key=keys, removed=removed)  # [B, V] -> [B]
+
+
 def group_step(
     params, tables, state: DecodeState, pads: jax.Array, min_length: jax.Array, keys: jax.Array, *, st: StepStatic
 ) -> DecodeState:
@@ -240,11 +253,7 @@ def group_step(
 
     # 1. text token; stop tokens removed below the minimum length (after processing, as official)
     stops = jnp.asarray(st.stop_tokens, jnp.int32)  # [n_stop] (may be empty)
-    is_stop = jnp.isin(jnp.arange(state.logits.shape[-1]), stops)  # [V]
-    removed = is_stop[None, :] & (cur_len < min_length)[:, None]  # [B, V]
-    sample_text = functools.partial(sampling.sample, sampler=st.text_sampler)
-    text = jax.vmap(sample_text)(state.logits, key=step_keys[:, 0], removed=removed)  # [B, V] -> [B]
-    tap("generate.text_token", text)  # [B]
+    text = tap("generate.text_token", text_token(state.logits, cur_len, min_length, step_keys[:, 0], st=st))  # [B]
 
     # 2. speech: patch decoder for <|empty|> groups, channel empty ids otherwise
     is_speech = (text == special.empty) & ~state.done  # [B]

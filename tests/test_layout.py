@@ -24,6 +24,7 @@ TOOLS = {
     "mimo_ref.long_audio_bench",
     "mimo_ref.trace",
     "mimo_ref.scale",
+    "mimo_ref.scale_run",
     "mimo_ref.stream_io",
     "mimo_ref.testing",
 }

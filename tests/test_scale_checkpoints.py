@@ -285,3 +285,21 @@ def test_help_describes_every_option(capsys):
     for option in ("--what", "--output", "--width-divisor", "--layers", "--seed", "--shard-size", "--force"):
         assert option in text
     assert "(default: 5GB)" in text and "(default: both)" in text
+
+
+def test_scale_run_scripts_on_the_bundled_checkpoints(capsys):
+    """``python -m mimo_ref.scale_run`` (the real-shape figures of docs/scale.md) end to end, on the tiny models."""
+    import json
+
+    from mimo_ref import scale_run
+
+    weights = Path(__file__).parents[1] / "weights"
+    scale_run.main(["tokenizer", str(weights / "mimo_audio_tokenizer_tiny"), "--seconds", "1"])
+    tok = json.loads(capsys.readouterr().out)
+    assert tok["samples"] == tok["code_frames"] * 960 and tok["peak_rss_gb"] > 0
+    scale_run.main(
+        ["tasks", str(weights / "mimo_audio_tiny"), str(weights / "mimo_audio_tokenizer_tiny")]
+        + ["--new-groups", "2", "--seconds", "1", "--audio-weights", "bfloat16"]
+    )
+    tasks = json.loads(capsys.readouterr().out)
+    assert tasks["audio_weights"] == "bfloat16" and tasks["tts_samples"] > 0 and tasks["asr_generated_groups"] >= 1

@@ -4,12 +4,13 @@ Public API (shapes: T frames, M mel bins, D model width, Q quantizer levels, C c
 
 - ``load_audio_tokenizer(path_or_repo_id, precision="float32") -> (params, cfg)``
 - ``log_mel(wave [samples], cfg, *, sample_rate) -> [T, M]``                       (``mel.py``)
-- ``encode(params, mels [T, M], lengths, *, cfg, n_q=None) -> EncodeResult``      (``encoder.py``)
+- ``encode(params, mels [T, M], lengths, *, cfg, n_q=None, segments_per_call=None) -> EncodeResult`` (``encoder.py``)
 - ``rvq_encode(vq_params, x [..., D], *, n_q) -> [n_q, ...]``, ``rvq_decode(vq_params, codes) -> [..., D]`` (``rvq.py``)
 - ``decode(params, codes [C, T], *, cfg) -> DecodeResult``                          (``decoder.py``)
 - ``vocoder(vocoder_params, mel [B, T, M], lengths [B], *, cfg) -> [B, 1, T * hop]``, ``istft(...)`` (``vocoder.py``)
 - ``wav_to_codes(params, cfg, wave_24k, n_q) -> [n_q, T']``, ``codes_to_wav(params, cfg, codes [C, T]) -> [samples]``
-  (``pipeline.py``: the official MimoAudio wrapper's segmentation and chunking)
+  (``pipeline.py``: the official MimoAudio wrapper's segmentation and chunking; encoding in memory bounded by one
+  60 s segment, whatever the length)
 """
 
 from mimo_ref.audio.config import AudioTokenizerConfig, audio_config_from_dict, load_audio_config, param_shapes

@@ -3,7 +3,10 @@
 :func:`differential` is the one entry point. A port checks one of its functions against the matching
 ``mimo_ref`` function (or the other way round) on drawn inputs; on the first case where the outputs differ beyond
 the tolerance it raises an ``AssertionError`` whose message names every drawn input (shapes, dtypes, small values)
-and where and by how much the outputs differ. See ``docs/porting_with_properties.md``.
+and where and by how much the outputs differ. With ``stages=True`` the candidate also reports its intermediates
+under the reference's tap names (``docs/tracing.md``), and the message names the first stage that differs, so a
+port learns where it diverges, not only that it does (:func:`with_stages` collects a JAX candidate's). See
+``docs/porting_with_properties.md``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,159 @@
+"""Where a decode step's time goes: the stages of a group step timed one by one, and the memory floor.
+
+``mimo-ref bench --breakdown`` adds these keys to the benchmark (:data:`JSON_KEYS`; docs/performance.md). Each
+stage of :func:`mimo_ref.generate.group_step` is jitted alone, on the shapes and params of the same run (the state
+after the benchmark's own prefill), and timed (median of ``repeats`` runs after one warm-up):
+
+- ``embed``: :func:`mimo_ref.lm.input_embeds` of one speech group (speech embeddings, patch encoder, downcast);
+- ``backbone``: :func:`mimo_ref.lm.backbone` on that one position with the run's KV cache (written at the next slot);
+- ``heads_text``: :func:`mimo_ref.lm.heads` (lm_head and the patch-decoder input) + the text token
+  (:func:`mimo_ref.generate.text_token` with the run's text sampler);
+- ``patch_decoder``: :func:`mimo_ref.lm.patch_decoder`, all its steps, with the run's speech sampler;
+- ``loop_overhead``: the benchmark's ``s_per_group`` (a step inside the jitted while_loop) minus the four stages.
+  Negative when XLA overlaps or fuses stages inside the loop better than they run alone.
+
+The floor is what no implementation on this machine can beat: reading the weights a group step needs, once.
+``floor_lm_head_s`` times a jitted ``[1, D] @ lm_head.T`` (the single largest read); ``floor_weights_s`` a jitted
+product of a ``[1, I]`` vector with every per-group weight matrix ``[O, I]`` (and a sum of every vector weight).
+Per-group weights are all LM weights except the two tables only gathered by id (``model.embed_tokens``, the
+``speech_embeddings``); the patch decoder's weights are counted once although its steps read them 11 times (they
+fit in cache on most CPUs). This module is a tool: it reads the model, the model never imports it.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from mimo_ref import generate, lm
+
+JSON_KEYS = {
+    "stage_embed_s": "breakdown (--breakdown): input embedding of one speech group, jitted alone (median)",
+    "stage_backbone_s": "breakdown: the backbone on one group with the run's KV cache, jitted alone (median)",
+    "stage_heads_text_s": "breakdown: lm_head, the patch-decoder input and the text token, jitted alone (median)",
+    "stage_patch_decoder_s": "breakdown: the patch decoder, all its steps, jitted alone (median)",
+    "stage_loop_overhead_s": "breakdown: s_per_group minus the four stages (sampling keys, the group write, the stop "
+    "rule, the conds, copies); negative when the loop overlaps stages better than they run alone",
+    "per_group_weight_bytes": "breakdown: bytes of the weights one decode step reads (all but the gathered tables)",
+    "floor_lm_head_s": "breakdown: measured floor of the text head: a jitted [1, D] @ lm_head.T (median)",
+    "floor_weights_s": "breakdown: measured floor of a step: every per-group weight read once by a jitted "
+    "matrix-vector product (median)",
+    "floor_bandwidth_gb_s": "breakdown: per_group_weight_bytes / floor_weights_s, GB/s",
+    "s_per_group_over_floor": "breakdown: s_per_group / floor_weights_s (1.0 is the memory floor)",
+}
+
+GATHERED = ("model.embed_tokens.", "speech_embeddings.")  # tables a step reads a few rows of, not whole
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall seconds of ``fn()`` (blocking on its result) after one warm-up call (which also compiles)."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def per_group_weights(params) -> list[jax.Array]:
+    """The weights one decode step reads whole: every leaf except the gathered tables (shared leaves once)."""
+    seen, out = set(), []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path) + "."
+        if name.startswith(GATHERED) or id(leaf) in seen:
+            continue
+        seen.add(id(leaf))
+        out.append(leaf)
+    return out
+
+
+@jax.jit
+def read_lm_head(w: jax.Array) -> jax.Array:
+    """``[1, D] @ W.T`` for W ``[V, D]``: reads the text head once. -> ``[1, V]``."""
+    x = jnp.ones((1, w.shape[1]), w.dtype)  # [1, D]
+    return jnp.einsum("BI,OI->BO", x, w)  # [1, D] -> [1, V]
+
+
+@jax.jit
+def read_weights(weights: list[jax.Array]) -> jax.Array:
+    """Read every weight once: a ``[1, I]`` product with each matrix ``[O, I]``, a sum of each vector. -> ``[]``."""
+    total = jnp.zeros((), jnp.float32)
+    for w in weights:
+        if w.ndim == 2:
+            x = jnp.ones((1, w.shape[1]), w.dtype)  # [1, I]
+            total = total + jnp.sum(jnp.einsum("BI,OI->BO", x, w).astype(jnp.float32))  # [1, I] -> [1, O] -> []
+        else:
+            total = total + jnp.sum(w.astype(jnp.float32))
+    return total
+
+
+def speech_group(state: generate.DecodeState, st: generate.StepStatic) -> jax.Array:
+    """A speech group of every row, as the loop feeds back: ``[B, C+1, G]`` (text <|empty|>, speech ids 0)."""
+    b, g, c = state.logits.shape[0], st.cfg.group_size, st.cfg.audio_channels
+    group = jnp.zeros((b, c + 1, g), jnp.int32)
+    return group.at[:, 0].set(st.special.empty)
+
+
+@functools.partial(jax.jit, static_argnames=("st",))
+def embed_stage(params, group, *, st: generate.StepStatic):
+    return lm.input_embeds(params, group, cfg=st.cfg, empty_id=st.special.empty)  # [B, C+1, G] -> [B, 1, D]
+
+
+@functools.partial(jax.jit, static_argnames=("st",))
+def backbone_stage(params, embeds, positions, cache, key_valid, *, st: generate.StepStatic):
+    hidden, cache = lm.backbone(
+        params, embeds, positions, cfg=st.cfg, cache=cache, write_pos=st.prompt_slots, key_valid=key_valid
+    )  # [B, 1, D] -> [B, 1, D]
+    return hidden, cache
+
+
+@functools.partial(jax.jit, static_argnames=("st",))
+def heads_text_stage(params, hidden, cur_len, min_length, keys, *, st: generate.StepStatic):
+    logits, local_hidden = lm.heads(params, hidden[:, -1])  # [B, D] -> [B, V], [B, Dl]
+    return generate.text_token(logits, cur_len, min_length, keys, st=st), local_hidden  # -> [B], [B, Dl]
+
+
+@functools.partial(jax.jit, static_argnames=("st",))
+def patch_decoder_stage(params, tables, local_hidden, keys, *, st: generate.StepStatic):
+    choose = lm.channel_sampler(st.speech_sampler, cfg=st.cfg)
+    return lm.patch_decoder(params, local_hidden, choose, keys, cfg=st.cfg, tables=tables)  # -> [B, G, C]
+
+
+def breakdown(params, state, pads, min_length, keys, *, st: generate.StepStatic, s_per_group: float, repeats: int):
+    """The stage times and the floor for one benchmark run. ``state``: the :class:`~mimo_ref.generate.DecodeState`
+    after the run's prefill; ``s_per_group``: the run's steady-state step time. -> the :data:`JSON_KEYS` dict."""
+    tables = generate.tables_jit(params, cfg=st.cfg)
+    group = speech_group(state, st)
+    cur_len = (st.prompt_slots - pads).astype(jnp.int32)  # [B] groups before the first new one
+    positions = cur_len[:, None]  # [B, 1]
+    text_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)  # [B]
+    embeds = embed_stage(params, group, st=st)
+    hidden, _ = backbone_stage(params, embeds, positions, state.cache, state.key_valid, st=st)
+    stages = {
+        "embed": timed(lambda: embed_stage(params, group, st=st), repeats),
+        "backbone": timed(
+            lambda: backbone_stage(params, embeds, positions, state.cache, state.key_valid, st=st), repeats
+        ),
+        "heads_text": timed(lambda: heads_text_stage(params, hidden, cur_len, min_length, text_keys, st=st), repeats),
+        "patch_decoder": timed(
+            lambda: patch_decoder_stage(params, tables, state.local_hidden, text_keys, st=st), repeats
+        ),
+    }
+    weights = per_group_weights(params)
+    weight_bytes = sum(int(w.nbytes) for w in weights)
+    floor_head = timed(lambda: read_lm_head(params["lm_head"]["weight"]), repeats)
+    floor = timed(lambda: read_weights(weights), repeats)
+    out = {f"stage_{name}_s": round(seconds, 6) for name, seconds in stages.items()}
+    return out | {
+        "stage_loop_overhead_s": round(s_per_group - sum(stages.values()), 6),
+        "per_group_weight_bytes": weight_bytes,
+        "floor_lm_head_s": round(floor_head, 6),
+        "floor_weights_s": round(floor, 6),
+        "floor_bandwidth_gb_s": round(weight_bytes / floor / 1e9, 2),
+        "s_per_group_over_floor": round(s_per_group / floor, 3),
+    }
