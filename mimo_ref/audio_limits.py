@@ -22,7 +22,7 @@ import os
 
 import soundfile as sf
 
-from mimo_ref.audio import pipeline as audio_pipeline
+from mimo_ref.audio import waveform
 from mimo_ref.audio.config import AudioTokenizerConfig
 from mimo_ref.audio.mel import mel_frames
 from mimo_ref.checks import InputError
@@ -47,7 +47,7 @@ def code_frames(samples: int, sample_rate: int, cfg: AudioTokenizerConfig) -> in
     padding to a multiple of G): resampled length ``ceil(sr_tok * samples / sample_rate)``, its mel frames, cut
     into 6000-frame segments, each ``cfg.code_length``."""
     resampled = -(-cfg.sampling_rate * samples // sample_rate)  # resample() output length, exactly
-    segments = audio_pipeline.segment_lengths(mel_frames(resampled, cfg), audio_pipeline.SEGMENT_FRAMES)
+    segments = waveform.segment_lengths(mel_frames(resampled, cfg), waveform.SEGMENT_FRAMES)
     return sum(cfg.code_length(n) for n in segments)
 
 

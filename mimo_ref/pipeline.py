@@ -29,8 +29,8 @@ import numpy as np
 
 from mimo_ref import audio as audio_tok
 from mimo_ref import generate, lm, prompts, sampling, sharding
-from mimo_ref.audio.pipeline import EMPTY_AUDIO_SAMPLES
 from mimo_ref.audio.streaming import StreamingConfig, init_state, stream_frames_bound, streaming_decode
+from mimo_ref.audio.waveform import EMPTY_AUDIO_SAMPLES
 from mimo_ref.audio_io import AudioFileError, load_audio, resample
 from mimo_ref.audio_limits import check_audio_length, file_length
 from mimo_ref.checkpoint import resolve_checkpoint

@@ -18,9 +18,9 @@ from mimo_ref.audio.decoder import DecodeResult, audio_decoder, decode, decode_p
 from mimo_ref.audio.encoder import EncodeResult, encode, encode_padded, encoder_features
 from mimo_ref.audio.load import load_audio_tokenizer
 from mimo_ref.audio.mel import log_mel, mel_filterbank
-from mimo_ref.audio.pipeline import codes_to_wav, wav_to_codes
 from mimo_ref.audio.rvq import rvq_decode, rvq_encode
 from mimo_ref.audio.vocoder import istft, istft_head, vocoder
+from mimo_ref.audio.waveform import codes_to_wav, wav_to_codes
 
 __all__ = [
     "AudioTokenizerConfig",

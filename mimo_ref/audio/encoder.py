@@ -29,7 +29,7 @@ Both leaks depend on the other segments of a pack only through the pack's longes
 official batch length): every other step works on each segment alone (per-row convolutions, attention within
 the segment, per-frame norms and RVQ). So the segments of a pack can be encoded a few at a time, each call told
 the pack's length, and give exactly what the one packed call gives (:func:`encode` with ``segments_per_call``;
-``mimo_ref/audio/pipeline.py::wav_to_codes`` uses it to bound memory).
+``mimo_ref/audio/waveform.py::wav_to_codes`` uses it to bound memory).
 """
 
 from __future__ import annotations

@@ -27,8 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mimo_ref import pipeline
-from mimo_ref.audio import decode_padded, load_audio_tokenizer
-from mimo_ref.audio import pipeline as audio_pipeline
+from mimo_ref.audio import decode_padded, load_audio_tokenizer, waveform
 from mimo_ref.audio.streaming import StreamingConfig, init_state, samples_per_frame, streaming_decode
 from mimo_ref.config import load_lm_config
 from mimo_ref.testing import strategies as mst
@@ -242,7 +241,7 @@ def test_stream_speech_is_the_pure_streaming_decode_of_the_official_span(kinds, 
     streamed = list(pipeline.stream_speech(iter(chunks), (params, acfg), config))
     if t == 0:
         assert (
-            len(streamed) == 1 and not streamed[0].any() and streamed[0].shape == (audio_pipeline.EMPTY_AUDIO_SAMPLES,)
+            len(streamed) == 1 and not streamed[0].any() and streamed[0].shape == (waveform.EMPTY_AUDIO_SAMPLES,)
         )
         return
     state, pure = init_state(1, acfg), []
