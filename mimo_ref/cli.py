@@ -372,6 +372,7 @@ def cmd_bench(args) -> int:
         force_speech=not args.natural,
         seed=args.seed,
         mesh=args.mesh,
+        breakdown=args.breakdown,
     )
     print(json.dumps(result, indent=2))
     return 0
@@ -538,6 +539,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is reported")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights, prompts and sampling (mod 2**32)")
     p.add_argument("--natural", action="store_true", help="let the model choose text groups (default: all speech)")
+    p.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time each stage of a group step alone and the weight-read floor (stage_* and floor_* keys)",
+    )
 
     p = command("dump", "write every named intermediate tensor of a run to safetensors + JSON manifest", cmd_dump)
     p.add_argument("-o", "--output", required=True, help="output .safetensors (manifest written beside it)")

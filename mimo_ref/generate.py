@@ -223,7 +223,7 @@ def prefill(params, ids: jax.Array, pads: jax.Array, *, st: StepStatic) -> Decod
 
 
 def text_token(logits: jax.Array, cur_len: jax.Array, min_length: jax.Array, keys: jax.Array, *, st: StepStatic):
-    """Step 1 of a group: the text token of every row. logits ``[B, V]``, cur_len / min_length / keys ``[B]`` -> ``[B]``.
+    """Step 1 of a group: every row's text token. logits ``[B, V]``, cur_len / min_length / keys ``[B]`` -> ``[B]``.
 
     Official ``MiMoSampler.sample`` with the stop tokens set to -inf (after processing) while the row is shorter
     than ``min_length`` groups.

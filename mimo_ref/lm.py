@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mimo_ref import layers, sampling
 from mimo_ref.checkpoint import load_params, resolve_checkpoint
@@ -387,24 +388,42 @@ ChannelSampler = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 def stacked_speech_tables(params: Params, *, cfg: LMConfig) -> tuple[jax.Array, jax.Array]:
-    """Per-channel heads and embeddings padded to the largest speech vocab Vmax and stacked.
+    """The per-channel heads concatenated, and the per-channel embeddings padded to the largest vocab and stacked.
 
-    -> heads ``[C, Vmax, Dl]``, embeddings ``[C, Vmax, Dl]`` (already projected to the local width when
-    ``input_local_dim != local_dim``). Padding lets one vectorised step serve all channels; padded logits are set to
-    -inf (see :func:`speech_vocab_masks`), so they are never chosen and do not change temperature, top-k or top-p
-    (they sort first, with zero probability).
+    -> heads ``[sum V_c, Dl]`` (channel 0's rows first), embeddings ``[C, Vmax, Dl]`` (already projected to the
+    local width when ``input_local_dim != local_dim``). One matmul with the concatenated heads gives every channel's
+    logits; :func:`speech_head_index` lays them out as ``[C, Vmax]``, padding set to -inf (see
+    :func:`speech_vocab_masks`), so one vectorised step serves all channels. The heads are not padded because a step
+    reads them whole: padded, the real model's would be 2.9x larger (8 x 1025 rows instead of 2 x 1025 + 6 x 129).
     """
     vmax = max(cfg.speech_vocab_sizes)
     dtype = compute_dtype(params, cfg)  # the tables are built in the compute dtype (upcast at use)
     heads_, embs = [], []
     for c, vocab in enumerate(cfg.speech_vocab_sizes):
-        w = params["local_transformer_lm_heads"][c]["weight"].astype(dtype)  # [Vc, Dl]
+        heads_.append(params["local_transformer_lm_heads"][c]["weight"].astype(dtype))  # [Vc, Dl]
         e = params["speech_embeddings"][c]["weight"].astype(dtype)  # [Vc, Di]
         if "speech_embeddings_to_local" in params:
             e = layers.linear(upcast(params["speech_embeddings_to_local"], dtype), e)  # [Vc, Di] -> [Vc, Dl]
-        heads_.append(jnp.pad(w, ((0, vmax - vocab), (0, 0))))  # [Vc, Dl] -> [Vmax, Dl]
-        embs.append(jnp.pad(e, ((0, vmax - vocab), (0, 0))))
-    return jnp.stack(heads_), jnp.stack(embs)
+        embs.append(jnp.pad(e, ((0, vmax - vocab), (0, 0))))  # [Vc, Dl] -> [Vmax, Dl]
+    return jnp.concatenate(heads_), jnp.stack(embs)
+
+
+def speech_head_index(cfg: LMConfig) -> np.ndarray:
+    """Where channel c's logit v sits in the concatenated heads' output: ``[C, Vmax]`` int32 (0 past V_c, where
+    the padding mask of :func:`speech_vocab_masks` applies)."""
+    vmax = max(cfg.speech_vocab_sizes)
+    offsets = np.cumsum((0,) + tuple(cfg.speech_vocab_sizes[:-1]))  # [C]: first row of each channel
+    v = np.arange(vmax)[None, :]  # [1, Vmax]
+    return np.where(v < np.asarray(cfg.speech_vocab_sizes)[:, None], offsets[:, None] + v, 0).astype(np.int32)
+
+
+def speech_vocab_groups(cfg: LMConfig) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """Channels sharing a speech vocabulary size: ``((channels, V), ...)`` in order of first appearance. The real
+    model: channels 0-1 with 1025 entries, channels 2-7 with 129."""
+    groups: dict[int, list[int]] = {}
+    for c, vocab in enumerate(cfg.speech_vocab_sizes):
+        groups.setdefault(vocab, []).append(c)
+    return tuple((tuple(channels), vocab) for vocab, channels in groups.items())
 
 
 def speech_vocab_masks(cfg: LMConfig) -> tuple[jax.Array, jax.Array]:
@@ -421,13 +440,24 @@ def channel_sampler(sampler: sampling.SamplerConfig, *, cfg: LMConfig) -> Channe
 
     Logits are processed (temperature, top-k, top-p) with the empty id still present, then the empty id is set to
     -inf (official order). Row b draws with ``fold_in(keys[b], step)``, so a row's draws do not depend on its batch.
+    Channels are processed in groups of equal vocabulary (:func:`speech_vocab_groups`), each on its real vocabulary
+    rather than padded to Vmax: the same tokens for greedy choice, and the same draw for each channel (one uniform
+    per channel from the row's key); sums over the shorter rows may round differently (docs/performance.md).
     """
     _, empty = speech_vocab_masks(cfg)
+    groups = speech_vocab_groups(cfg)
 
     def choose(logits: jax.Array, step: jax.Array, keys: jax.Array) -> jax.Array:
-        scores = sampling.remove_tokens(sampling.process_logits(logits, sampler), empty[None])  # [B, C, Vmax]
         row_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)  # [B]
-        return jax.vmap(lambda s, k: sampling.choose(s, sampler, k))(scores, row_keys)  # -> [B, C]
+        draws = jax.vmap(lambda k: sampling.draw(k, sampler, logits.shape[1:2]))(row_keys)  # [B, C] (or None)
+        tokens = jnp.zeros(logits.shape[:2], jnp.int32)  # [B, C]
+        for channels, vocab in groups:
+            idx = np.asarray(channels)
+            part = logits[:, idx, :vocab]  # [B, C, Vmax] -> [B, Cg, V]
+            scores = sampling.remove_tokens(sampling.process_logits(part, sampler), empty[None, idx, :vocab])
+            picked = sampling.choose_with(scores, sampler, None if draws is None else draws[:, idx])  # -> [B, Cg]
+            tokens = tokens.at[:, idx].set(picked)
+        return tokens
 
     return choose
 
@@ -478,9 +508,9 @@ def patch_decoder(
     b = local_hidden.shape[0]
     lcfg = cfg.local
     steps = cfg.local_steps
-    head_w, emb_w = stacked_speech_tables(params, cfg=cfg) if tables is None else tables  # [C, Vmax, Dl] x2
-    c, vmax, dl = head_w.shape
-    head_flat = head_w.reshape(c * vmax, dl)  # one plain matmul for all heads (a batched einsum is 10x slower on CPU)
+    head_w, emb_w = stacked_speech_tables(params, cfg=cfg) if tables is None else tables  # [sum V_c, Dl], [C, Vmax, Dl]
+    c = emb_w.shape[0]
+    head_index = speech_head_index(cfg)  # [C, Vmax]
     padding, _ = speech_vocab_masks(cfg)  # [C, Vmax]
     cache = init_cache(lcfg, b, steps, local_hidden.dtype)
     k_slot = jnp.broadcast_to(jnp.arange(steps, dtype=jnp.int32), (b, steps))  # [B, S]
@@ -493,8 +523,8 @@ def patch_decoder(
             params["local_transformer"], x[:, None, :], pos, mask, cfg=lcfg, cache=cache, write_pos=t,
             name="lm.patch_decoder.stack",
         )  # fmt: skip
-        flat = layers.linear({"weight": head_flat}, h[:, 0])  # [B, Dl] -> [B, C*Vmax]
-        logits = flat.reshape(b, c, vmax)  # [B, C*Vmax] -> [B, C, Vmax]
+        flat = layers.linear({"weight": head_w}, h[:, 0])  # one matmul for all heads: [B, Dl] -> [B, sum V_c]
+        logits = jnp.take(flat, head_index, axis=1)  # [B, sum V_c] -> [B, C, Vmax]
         logits = jnp.where(padding[None], -jnp.inf, logits)
         new = choose(logits, t, keys)  # [B, C, Vmax] -> [B, C]
         active, frame = channel_activity(t, cfg=cfg)  # [C], [C]

@@ -1,0 +1,46 @@
+"""`mimo-ref bench --breakdown` (mimo_ref/bench_breakdown.py) end to end on the bundled tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mimo_ref import bench, bench_breakdown, cli, lm, pipeline
+from mimo_ref.config import load_lm_config
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_cli_bench_breakdown_reports_stages_and_floor(capsys):
+    # the shapes of tests/test_cli.py::test_bench_prints_json, so a whole-suite run reuses their compiles
+    argv = ["bench", "--prompt-groups", "4", "--new-groups", "3", "--repeats", "1", "--breakdown"]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert "timing the stages of a group step" in err
+    assert set(bench_breakdown.JSON_KEYS) <= set(result) <= set(bench.JSON_KEYS)
+    for key in bench_breakdown.JSON_KEYS:
+        assert f"`{key}`" in (DOCS / "performance.md").read_text(), f"{key} missing from docs/performance.md"
+    stages = [result[f"stage_{name}_s"] for name in ("embed", "backbone", "heads_text", "patch_decoder")]
+    assert all(s > 0 for s in stages)
+    assert abs(result["stage_loop_overhead_s"] - (result["s_per_group"] - sum(stages))) < 1e-5
+    assert result["floor_lm_head_s"] > 0 and result["floor_weights_s"] > 0
+    ratio = result["s_per_group"] / result["floor_weights_s"]
+    assert abs(result["s_per_group_over_floor"] - ratio) <= 1e-3 * max(1.0, ratio)
+
+    # the floor reads every weight but the two tables a step only gathers rows of
+    cfg = load_lm_config(pipeline.BUNDLED_LM)
+    shapes = lm.param_shapes(cfg)
+    itemsize = result["param_bytes"] // sum(int(np.prod(s)) for s in shapes.values())
+    gathered = sum(int(np.prod(s)) for name, s in shapes.items() if name.startswith(bench_breakdown.GATHERED))
+    assert result["per_group_weight_bytes"] == result["param_bytes"] - itemsize * gathered
+    bandwidth = result["per_group_weight_bytes"] / result["floor_weights_s"] / 1e9
+    assert result["floor_bandwidth_gb_s"] == round(bandwidth, 2)
+
+
+def test_bench_without_breakdown_has_no_stage_keys(capsys):
+    assert cli.main(["bench", "--prompt-groups", "4", "--new-groups", "3", "--repeats", "1"]) == 0
+    result = json.loads(capsys.readouterr()[0])
+    assert not set(bench_breakdown.JSON_KEYS) & set(result)
