@@ -79,14 +79,15 @@ def top_p_removed(scores: jax.Array, top_p: float) -> jax.Array:
     entries are exactly those whose value is ``<=`` a threshold: the largest value t with
     ``mass(scores <= t) <= 1 - top_p``. It is found by a search over the order-preserving uint32 keys of the values
     (:func:`sortable_bits`), each round evaluating the mass below ``A - 1`` candidate thresholds with masked sums
-    over the vocabulary; a full sort is 30x slower on CPU for 151680 entries. ``A = 16`` for small vocabularies
-    (9 rounds: the patch decoder's 8 x 1025 logits), 2 (bisection, 32 rounds) for large ones, where fewer wide
-    rounds would cost more memory traffic than they save. Deviation: when equal values straddle the threshold,
-    the official result depends on torch's unstable sort order; here ties are removed or kept together.
+    over the vocabulary; a full sort is 30x slower on CPU for 151680 entries. ``A = 2`` (bisection, 32 rounds):
+    measured inside a jitted step on CPU, wider rounds (A = 4, 8, 16) are as fast or slower for every shape used,
+    from the patch decoder's 2 x 1025 and 6 x 129 logits to batches of 151680 (docs/performance.md). The result does
+    not depend on A. Deviation: when equal values straddle the threshold, the official result depends on torch's
+    unstable sort order; here ties are removed or kept together.
     """
     vocab = scores.shape[-1]
-    arity = 16 if scores.size <= 65536 else 2
-    rounds = 9 if arity == 16 else 32  # enough to shrink a 2^32 key range to one key
+    arity = 2
+    rounds = 32  # enough to shrink a 2^32 key range to one key
     probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)[..., None, :]  # [..., 1, V]
     keys = sortable_bits(scores)[..., None, :]  # [..., 1, V]
     limit = jnp.float32(1.0 - top_p)
