@@ -55,12 +55,12 @@ def packed_reference_codes(params, cfg, wave, n_q: int):
     packed call (``encode`` with all of the group's segments at once). -> codes ``[n_q, T']``."""
     import numpy as np
 
-    from mimo_ref.audio import encode, log_mel, pipeline
+    from mimo_ref.audio import encode, log_mel, waveform
 
     mels = np.asarray(log_mel(wave, cfg, sample_rate=cfg.sampling_rate))  # [samples] -> [T, M]
     parts, start = [], 0
-    lengths = pipeline.segment_lengths(mels.shape[0], pipeline.SEGMENT_FRAMES)
-    for group in pipeline.group_by_length(lengths, pipeline.MAX_PACKED_FRAMES):
+    lengths = waveform.segment_lengths(mels.shape[0], waveform.SEGMENT_FRAMES)
+    for group in waveform.group_by_length(lengths, waveform.MAX_PACKED_FRAMES):
         parts.append(encode(params, mels[start : start + sum(group)], group, cfg=cfg, n_q=n_q).codes)
         start += sum(group)
     return np.concatenate(parts, axis=1)  # groups x [n_q, T'_g] -> [n_q, T']

@@ -29,8 +29,8 @@ from mimo_ref.audio import (
     load_audio_tokenizer,
     log_mel,
     param_shapes,
-    pipeline,
     wav_to_codes,
+    waveform,
 )
 from mimo_ref.audio.load import is_rvq_training_buffer
 from mimo_ref.audio.mel import periodic_hann
@@ -377,29 +377,29 @@ def test_istft_inverts_same_padded_stft(frames, seed):
 
 
 def test_segmentation_and_grouping_follow_official():
-    assert pipeline.segment_lengths(13000) == [6000, 6000, 1000]
-    assert pipeline.segment_lengths(6000) == [6000]
-    assert pipeline.segment_lengths(6001) == [6000, 1]
-    groups = pipeline.group_by_length([6000] * 50)
+    assert waveform.segment_lengths(13000) == [6000, 6000, 1000]
+    assert waveform.segment_lengths(6000) == [6000]
+    assert waveform.segment_lengths(6001) == [6000, 1]
+    groups = waveform.group_by_length([6000] * 50)
     assert [len(g) for g in groups] == [42, 8]  # 42 * 6000 = 252000 <= 256000 < 258000
-    assert pipeline.group_by_length([300000, 5]) == [[300000], [5]]
+    assert waveform.group_by_length([300000, 5]) == [[300000], [5]]
 
 
 def test_wav_to_codes_packs_segments_like_encode(tiny, monkeypatch):
     """wav_to_codes = log-mel, official segmentation, one packed encode, first n_q levels."""
     params, cfg = tiny
-    monkeypatch.setattr(pipeline, "SEGMENT_FRAMES", 64)  # several segments from a short wave
+    monkeypatch.setattr(waveform, "SEGMENT_FRAMES", 64)  # several segments from a short wave
     wave = np.random.default_rng(0).standard_normal(24000 * 2).astype(np.float32) * 0.1
     codes = wav_to_codes(params, cfg, wave, 5)
     mels = np.asarray(log_mel(wave, cfg, sample_rate=cfg.sampling_rate))
-    lens = pipeline.segment_lengths(mels.shape[0], 64)
+    lens = waveform.segment_lengths(mels.shape[0], 64)
     assert len(lens) == 4 and lens[-1] == 201 - 3 * 64
     np.testing.assert_array_equal(codes, encode(params, mels, lens, cfg=cfg, n_q=5).codes)
 
 
 def test_codes_to_wav_decodes_chunks_independently(tiny, monkeypatch):
     params, cfg = tiny
-    monkeypatch.setattr(pipeline, "DECODE_CHUNK_FRAMES", 20)
+    monkeypatch.setattr(waveform, "DECODE_CHUNK_FRAMES", 20)
     rng = np.random.default_rng(0)
     codes = np.stack([rng.integers(0, size, 45) for size in cfg.codebook_sizes[:8]])
     wav = codes_to_wav(params, cfg, codes)

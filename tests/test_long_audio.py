@@ -21,7 +21,7 @@ import soundfile as sf
 
 from mimo_ref import audio_limits, long_audio_bench
 from mimo_ref import pipeline as task_pipeline
-from mimo_ref.audio import encode, load_audio_tokenizer, log_mel, pipeline, wav_to_codes
+from mimo_ref.audio import encode, load_audio_tokenizer, log_mel, wav_to_codes, waveform
 from mimo_ref.audio.mel import log_mel_frames
 from mimo_ref.checks import InputError
 from tests.test_audio_tokenizer import random_params
@@ -116,9 +116,9 @@ def test_wav_to_codes_matches_packed_reference(tiny, monkeypatch, frames):
     pack of 100), 637 -> [..], [..], [37] (a group of one short segment). The early length check predicts the
     number of code frames exactly."""
     params, cfg = tiny
-    monkeypatch.setattr(pipeline, "SEGMENT_FRAMES", 100)
-    monkeypatch.setattr(pipeline, "MAX_PACKED_FRAMES", 350)
-    monkeypatch.setattr(pipeline, "SEGMENTS_PER_CALL", 2)
+    monkeypatch.setattr(waveform, "SEGMENT_FRAMES", 100)
+    monkeypatch.setattr(waveform, "MAX_PACKED_FRAMES", 350)
+    monkeypatch.setattr(waveform, "SEGMENTS_PER_CALL", 2)
     wave = np.random.default_rng(frames).standard_normal((frames - 1) * cfg.hop_length + 5).astype(np.float32)
     got = wav_to_codes(params, cfg, wave * np.float32(0.1), 8)
     want = long_audio_bench.packed_reference_codes(params, cfg, wave * np.float32(0.1), 8)  # official structure

@@ -52,6 +52,18 @@ def test_storage_rule():
         Precision("float32", weights="int8")
 
 
+FORWARD = jax.jit(lm.forward, static_argnames=("cfg", "empty_id"))
+
+
+def assert_same_forward(params, at_load, ids, cfg, special, dtype) -> None:
+    """lm.forward on weights as stored and on weights upcast at load: every output bit-identical, in ``dtype``."""
+    stored = FORWARD(params, ids, cfg=cfg, empty_id=special.empty)
+    loaded = FORWARD(at_load, ids, cfg=cfg, empty_id=special.empty)
+    for a, b in zip(stored, loaded, strict=True):
+        assert a.dtype == dtype
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.fixture(scope="module")
 def bf16_lm(tmp_path_factory):
     return bf16_copy(TINY_LM, tmp_path_factory.mktemp("lm") / "ckpt")
@@ -71,13 +83,7 @@ def test_bf16_checkpoint_stays_bf16_and_equals_upcast_at_load(bf16_lm):
     ids[0, 0, 3 * g :] = special.empty  # half text groups, half speech groups
     for ch, empty in enumerate(cfg.speech_empty_ids):
         ids[0, ch + 1] = rng.integers(0, empty + 1, 6 * g)
-    forward = jax.jit(lm.forward, static_argnames=("cfg", "empty_id"))
-    stored = forward(params, ids, cfg=cfg, empty_id=special.empty)
-    loaded = forward(at_load, ids, cfg=cfg, empty_id=special.empty)
-    for a, b in zip(stored, loaded, strict=True):
-        assert a.dtype == jnp.float32
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
+    assert_same_forward(params, at_load, ids, cfg, special, jnp.float32)
     run = dict(max_new_groups=4, stop_tokens=())
     np.testing.assert_array_equal(
         generate.generate(params, cfg, special, ids[0], **run).ids,
@@ -93,12 +99,7 @@ def test_float64_compute_keeps_float32_weights_and_equals_upcast_at_load():
         g, c = cfg.group_size, cfg.audio_channels
         ids = np.zeros((1, c + 1, 2 * g), np.int64)
         ids[0, 0] = special.empty
-        forward = jax.jit(lm.forward, static_argnames=("cfg", "empty_id"))
-        stored = forward(params, ids, cfg=cfg, empty_id=special.empty)
-        loaded = forward(at_load, ids, cfg=cfg, empty_id=special.empty)
-        for a, b in zip(stored, loaded, strict=True):
-            assert a.dtype == jnp.float64
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert_same_forward(params, at_load, ids, cfg, special, jnp.float64)
 
 
 def test_audio_tokenizer_bf16_storage_equals_rounded_upcast_at_load():
