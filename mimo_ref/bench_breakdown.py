@@ -148,12 +148,12 @@ def breakdown(params, state, pads, min_length, keys, *, st: generate.StepStatic,
     weight_bytes = sum(int(w.nbytes) for w in weights)
     floor_head = timed(lambda: read_lm_head(params["lm_head"]["weight"]), repeats)
     floor = timed(lambda: read_weights(weights), repeats)
-    out = {f"stage_{name}_s": round(seconds, 6) for name, seconds in stages.items()}
+    out = {f"stage_{name}_s": round(seconds, 7) for name, seconds in stages.items()}
     return out | {
-        "stage_loop_overhead_s": round(s_per_group - sum(stages.values()), 6),
+        "stage_loop_overhead_s": round(s_per_group - sum(stages.values()), 7),
         "per_group_weight_bytes": weight_bytes,
-        "floor_lm_head_s": round(floor_head, 6),
-        "floor_weights_s": round(floor, 6),
+        "floor_lm_head_s": round(floor_head, 7),
+        "floor_weights_s": round(floor, 7),
         "floor_bandwidth_gb_s": round(weight_bytes / floor / 1e9, 2),
         "s_per_group_over_floor": round(s_per_group / floor, 3),
     }

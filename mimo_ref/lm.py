@@ -453,7 +453,7 @@ def channel_sampler(sampler: sampling.SamplerConfig, *, cfg: LMConfig) -> Channe
         tokens = jnp.zeros(logits.shape[:2], jnp.int32)  # [B, C]
         for channels, vocab in groups:
             idx = np.asarray(channels)
-            part = logits[:, idx, :vocab]  # [B, C, Vmax] -> [B, Cg, V]
+            part = logits[:, idx, :vocab]  # [B, C, Vmax] -> [B, Cg, V]: the group's Cg channels, their vocab V
             scores = sampling.remove_tokens(sampling.process_logits(part, sampler), empty[None, idx, :vocab])
             picked = sampling.choose_with(scores, sampler, None if draws is None else draws[:, idx])  # -> [B, Cg]
             tokens = tokens.at[:, idx].set(picked)

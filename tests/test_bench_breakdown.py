@@ -28,7 +28,7 @@ def test_cli_bench_breakdown_reports_stages_and_floor(capsys):
     assert abs(result["stage_loop_overhead_s"] - (result["s_per_group"] - sum(stages))) < 1e-5
     assert result["floor_lm_head_s"] > 0 and result["floor_weights_s"] > 0
     ratio = result["s_per_group"] / result["floor_weights_s"]
-    assert abs(result["s_per_group_over_floor"] - ratio) <= 1e-3 * max(1.0, ratio)
+    assert abs(result["s_per_group_over_floor"] - ratio) <= 1e-2 * max(1.0, abs(ratio))  # from values rounded to 0.1 us
 
     # the floor reads every weight but the two tables a step only gathers rows of
     cfg = load_lm_config(pipeline.BUNDLED_LM)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mimo_ref import cli, pipeline
+from mimo_ref import cli, lm, pipeline
 from mimo_ref.config import load_lm_config
+from mimo_ref.precision import param_bytes
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
 WAV24 = GOLDEN / "pipeline" / "speech_24k.wav"
@@ -109,11 +110,16 @@ def test_every_command_has_an_example_in_help(capsys):
 
 
 def test_bench_prints_json(capsys):
-    code, out, _ = run(capsys, "bench", "--prompt-groups", "4", "--new-groups", "3", "--repeats", "1")
+    """bench with bf16 weight storage (--weights) of the float32 tiny checkpoint: float32 compute, half the bytes."""
+    argv = ["bench", "--prompt-groups", "4", "--new-groups", "3", "--repeats", "1", "--weights", "bfloat16"]
+    code, out, _ = run(capsys, *argv)
     assert code == 0
     result = json.loads(out)
     assert result["new_groups"] == 3 and result["speech_groups"] == 3
     assert result["compile_s"] > 0 and result["prefill_s"] > 0 and result["generate_s"] > 0
+    assert result["compute_dtype"] == "float32" and result["weight_storage"] == "bfloat16"
+    params, _, _ = lm.load_lm(pipeline.BUNDLED_LM)  # float32 as stored
+    assert 2 * result["param_bytes"] == param_bytes(params)
 
 
 def test_speech_span_follows_official_rule():

@@ -1,10 +1,10 @@
-"""Generation: argument errors, batches equal their batch-1 runs, the streaming twin equals the while_loop."""
+"""Generation: argument errors, the stop rule, progress reports. (Batches equal their batch-1 runs and the streaming
+twin equals the while_loop: properties, tests/properties/test_prop_generate.py.)"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -32,37 +32,6 @@ def make_prompt(cfg, special, groups: int, seed: int) -> np.ndarray:
                 rng.integers(0, cfg.speech_empty_ids[ch], size=g) if speech else cfg.speech_empty_ids[ch]
             )
     return ids
-
-
-def test_batch_rows_equal_their_single_runs(model):
-    params, cfg, special = model
-    prompts = [make_prompt(cfg, special, n, seed=n) for n in (3, 7, 5)]
-    key = jax.random.key(7)
-    keys = jax.random.split(key, len(prompts))
-    kwargs = dict(max_new_groups=6, stop_tokens=[special.im_end], text_sampler=SAMPLED, speech_sampler=SAMPLED)
-    batch = generate.generate(params, cfg, special, prompts, key=keys, **kwargs)
-    for b, prompt in enumerate(prompts):
-        single = generate.generate(params, cfg, special, prompt, key=keys[b : b + 1], **kwargs)
-        np.testing.assert_array_equal(batch.sequence(b), single.sequence(0), err_msg=f"row {b}")
-        assert batch.lengths[b] == single.lengths[0]
-
-
-def test_streaming_twin_equals_while_loop(model):
-    params, cfg, special = model
-    prompts = [make_prompt(cfg, special, n, seed=10 + n) for n in (4, 6)]
-    kwargs = dict(max_new_groups=5, stop_tokens=[special.eostm], text_sampler=SAMPLED, speech_sampler=SAMPLED)
-    key = jax.random.key(3)
-    loop = generate.generate(params, cfg, special, prompts, key=key, **kwargs)
-    results = []
-    groups = list(generate.generate_stream(params, cfg, special, prompts, key=key, on_result=results.append, **kwargs))
-    streamed = results[0]
-    np.testing.assert_array_equal(streamed.ids, loop.ids)
-    np.testing.assert_array_equal(streamed.lengths, loop.lengths)
-    g = cfg.group_size
-    for b in range(len(prompts)):  # every yielded group is the generated group of that step
-        gen = loop.generated(b)
-        for i in range(gen.shape[1] // g):
-            np.testing.assert_array_equal(groups[i][b], gen[:, i * g : (i + 1) * g])
 
 
 def test_the_jitted_loop_reports_progress_once_per_group(model):

@@ -168,15 +168,3 @@ def test_other_precisions_end_to_end(precision, tmp_path, capsys):
         == 0
     )
     assert out.is_file()
-
-
-def test_bench_reports_resident_bytes_per_storage(capsys):
-    """bf16 storage of a float32 checkpoint halves the resident parameter bytes; float32 compute either way."""
-    from mimo_ref import bench
-
-    common = dict(prompt_groups=2, new_groups=2, repeats=1)
-    as_stored = bench.run_bench(model=str(TINY_LM), **common)
-    rounded = bench.run_bench(model=str(TINY_LM), weights="bfloat16", **common)
-    assert as_stored["compute_dtype"] == rounded["compute_dtype"] == "float32"
-    assert rounded["weight_storage"] == "bfloat16"
-    assert as_stored["param_bytes"] == 2 * rounded["param_bytes"]
