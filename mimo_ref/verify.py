@@ -10,6 +10,8 @@ cannot be skipped silently. Checks and tolerances are those of the golden tests 
   and relative L2 <= 1e-6 on the rest.
 - ``audio_tokenizer/``: floats to 1e-5 / 1e-6 / 5e-2 (bfloat16 is a loose reference), mel 1e-5, RVQ decode 1e-6,
   codes and lengths exact.
+- ``audio_tokenizer/streaming*``: one row per streaming case and run (``f32`` / ``f64``): the official emitted
+  pattern and sample counts exact, every chunk within 1e-5 / 1e-6; ``full`` one-shot decodes within 1e-5.
 - ``lm/generate_*``: also run in float64 (``[float64 generation]`` rows): the same ids.
 - ``pipeline/prompts``: text-only prompts exact; prompts with audio exact in layout (codes read back from the
   fixture) and exact when built from the wavs by the tokenizer in the ``official`` precision (the wrapper's
@@ -43,6 +45,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from mimo_ref import audio, generate, golden_cases, lm, pipeline, prompts, sampling
+from mimo_ref.audio import streaming
 from mimo_ref.audio_io import load_audio_24k, resample
 from mimo_ref.metrics import max_abs, mismatches, rel_l2
 from mimo_ref.text import load_text_tokenizer
@@ -355,6 +358,91 @@ def audio_cases(g: Golden) -> list[Case]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Streaming decode (`audio_tokenizer/streaming*`): the official `streaming_decode`, case by case
+
+
+STREAM_TOL = {"f32": 1e-5, "f64": 1e-6}
+STREAM_CALL_KEY = re.compile(r"(\w+?)\.(\w+)\.call(\d+)\.stream(\d+)")
+STREAM_FULL_KEY = re.compile(r"(\w+?)\.(\w+)\.full\.stream(\d+)")
+
+
+def streaming_spec(g: Golden) -> dict:
+    return g.get("streaming", lambda: json.loads((g.root / "audio_tokenizer" / "streaming.json").read_text("utf-8")))
+
+
+def streaming_row(g: Golden, case: str, prefix: str, name: str) -> Row:
+    """Every call of streaming case ``case`` in run ``prefix``: the official emitted / not-emitted pattern and sample
+    counts exactly, each emitted chunk within the run's relative L2 tolerance (the worst chunk is reported)."""
+    spec = streaming_spec(g)[case]
+    inputs = g.arrays("audio_tokenizer/streaming_inputs.safetensors")
+    expected = g.arrays("audio_tokenizer/streaming_expected.safetensors")
+    streams, calls, emitted = spec["streams"], spec["chunk_input_lengths"], spec["emitted"][prefix]
+    codes = [inputs[f"{case}.codes.{i}"] for i in range(streams)]  # S x [C, T_i]
+    config = streaming.StreamingConfig(left_overlap=spec["left_overlap"], right_overlap=spec["right_overlap"])
+    pad_to = streaming.stream_frames_bound(config, max(max(row) for row in calls))  # one compiled shape per case
+    worst, worst_abs, problems = 0.0, 0.0, []
+    with x64(prefix):
+        params, cfg = audio_model(g, prefix)
+        state = streaming.init_state(streams, cfg)
+        offsets = [0] * streams
+        for k, lengths in enumerate(calls):
+            pieces = [codes[i][:, o : o + n] for i, (o, n) in enumerate(zip(offsets, lengths, strict=True))]
+            chunk = np.concatenate(pieces, axis=1)  # S x [C, n_i] -> [C, sum n_i], in stream order
+            offsets = [o + n for o, n in zip(offsets, lengths, strict=True)]
+            last = k == len(calls) - 1
+            wavs, state = streaming.streaming_decode(
+                params, chunk, lengths, state, cfg=cfg, config=config, last_chunk=last, pad_to=pad_to
+            )
+            for i, wav in enumerate(wavs):
+                key = f"{prefix}.{case}.call{k}.stream{i}"
+                want_n = emitted[k][i]
+                got_n = None if wav is None else int(wav.shape[0])
+                if got_n != want_n:
+                    problems.append(f"call {k} stream {i}: {got_n} samples, official {want_n}")
+                elif wav is not None:
+                    worst = max(worst, rel_l2(wav[None, :], expected[key]))
+                    worst_abs = max(worst_abs, max_abs(wav[None, :], expected[key]))
+    tol = STREAM_TOL[prefix]
+    note = "; ".join(problems[:3]) if problems else f"{len(calls)} calls x {streams} streams; worst chunk"
+    return Row(name, "float", worst_abs, worst, tol, not problems and worst <= tol, note)
+
+
+def streaming_full_row(g: Golden, key: str, name: str) -> Row:
+    """``{prefix}.{case}.full.stream{i}``: the one-shot ``decode`` of stream i's whole code sequence."""
+    prefix, case, i = STREAM_FULL_KEY.fullmatch(key).groups()
+    codes = g.arrays("audio_tokenizer/streaming_inputs.safetensors")[f"{case}.codes.{i}"]
+    with x64(prefix):
+        params, cfg = audio_model(g, prefix)
+        wav = audio.decode(params, codes, cfg=cfg).wav
+    return float_row(name, wav, g.arrays("audio_tokenizer/streaming_expected.safetensors")[key], STREAM_TOL[prefix])
+
+
+def streaming_cases(g: Golden) -> list[Case]:
+    if not (g.root / "audio_tokenizer" / "streaming.json").is_file():
+        name = "audio_tokenizer/streaming.json"
+        return [Case(name, lambda: Row(name, "error", math.nan, None, None, False, "missing from this fixture set"))]
+    spec = streaming_spec(g)
+    cases, known = [], set()
+    for case, c in spec.items():
+        for prefix in c["emitted"]:
+            name = f"audio_tokenizer/streaming/{prefix}.{case}"
+            cases.append(Case(name, functools.partial(streaming_row, g, case, prefix, name)))
+            known |= {
+                f"{prefix}.{case}.call{k}.stream{i}"
+                for k in range(len(c["emitted"][prefix]))
+                for i in range(c["streams"])
+            }
+    for key in g.keys("audio_tokenizer/streaming_expected.safetensors"):
+        name = f"audio_tokenizer/streaming/{key}"
+        full = STREAM_FULL_KEY.fullmatch(key)
+        if full and full[1] in STREAM_TOL:
+            cases.append(Case(name, functools.partial(streaming_full_row, g, key, name)))
+        elif key not in known:
+            cases.append(Case(name, functools.partial(missing_row, g, key, name)))
+    return cases
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Pipeline: prompts, resampling, end-to-end runs
 
 
@@ -558,7 +646,14 @@ def resolve_golden_dir(golden_dir: str | Path | None) -> Path:
 
 
 def all_cases(golden: Golden) -> list[Case]:
-    return [*lm_cases(golden), *audio_cases(golden), *prompt_cases(golden), *resample_cases(golden), *e2e_cases(golden)]
+    return [
+        *lm_cases(golden),
+        *audio_cases(golden),
+        *streaming_cases(golden),
+        *prompt_cases(golden),
+        *resample_cases(golden),
+        *e2e_cases(golden),
+    ]
 
 
 def run_all(golden_dir: str | Path | None = None, only: str | None = None) -> list[Row]:
