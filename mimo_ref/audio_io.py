@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from mimo_ref.arith import ceil_div
 from mimo_ref.outputs import atomic_outputs
 
 # Sample rate of the MiMo-Audio tokenizer (its config.json `sampling_rate`) and of every waveform it decodes.
@@ -153,6 +154,6 @@ def resample(
     padded = np.pad(signals, ((0, 0), (width, width + orig)))  # [B, T] -> [B, T + 2 * width + orig]
     frames = np.lib.stride_tricks.sliding_window_view(padded, kernel.shape[1], axis=1)[:, ::orig]  # [B, J, K]
     out = np.einsum("BJK,PK->BJP", frames, kernel.astype(np.float64))  # [B, J, K] -> [B, J, P]
-    target = -(-new * length // orig)  # ceil(new * T / orig), exactly
+    target = ceil_div(new * length, orig)  # ceil(new * T / orig), exactly
     out = out.reshape(out.shape[0], -1)[:, :target]  # [B, J, P] -> [B, S]
     return out.reshape(*lead, target).astype(wave.dtype)  # [B, S] -> [..., S]

@@ -22,6 +22,7 @@ import os
 
 import soundfile as sf
 
+from mimo_ref.arith import ceil_div
 from mimo_ref.audio import waveform
 from mimo_ref.audio.config import AudioTokenizerConfig
 from mimo_ref.audio.mel import mel_frames
@@ -46,7 +47,7 @@ def code_frames(samples: int, sample_rate: int, cfg: AudioTokenizerConfig) -> in
     """Code frames :func:`mimo_ref.audio.wav_to_codes` makes of ``samples`` at ``sample_rate`` (before the LM's
     padding to a multiple of G): resampled length ``ceil(sr_tok * samples / sample_rate)``, its mel frames, cut
     into 6000-frame segments, each ``cfg.code_length``."""
-    resampled = -(-cfg.sampling_rate * samples // sample_rate)  # resample() output length, exactly
+    resampled = ceil_div(cfg.sampling_rate * samples, sample_rate)  # resample() output length, exactly
     segments = waveform.segment_lengths(mel_frames(resampled, cfg), waveform.SEGMENT_FRAMES)
     return sum(cfg.code_length(n) for n in segments)
 

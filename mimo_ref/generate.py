@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mimo_ref import lm, sampling
+from mimo_ref.arith import round_up
 from mimo_ref.config import LMConfig, SpecialTokens
 from mimo_ref.sampling import SamplerConfig
 from mimo_ref.tap import tap
@@ -141,7 +142,7 @@ def as_prompt_list(prompt_ids, cfg: LMConfig) -> list[np.ndarray]:
 
 def bucket(n: int, size: int = PROMPT_BUCKET) -> int:
     """Round a prompt length in groups up to the next multiple of ``size``."""
-    return -(-n // size) * size
+    return round_up(n, size)
 
 
 def left_pad(

@@ -41,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mimo_ref import generate as gen
+from mimo_ref.arith import round_up
 from mimo_ref.audio.config import AudioTokenizerConfig, load_audio_config
 from mimo_ref.checkpoint import flatten, nest, resolve_checkpoint
 from mimo_ref.config import LMConfig, QwenStackConfig, SpecialTokens, load_lm_config
@@ -375,7 +376,7 @@ def generate(params, cfg: LMConfig, special: SpecialTokens, prompt_ids, *, mesh:
     stops and never lengthens the loop); the copies are dropped from the result.
     """
     st, ids, pads, min_length, keys, prompts = gen.prepare(cfg, special, prompt_ids, **options)
-    rows = -(-len(prompts) // mesh.shape[DATA]) * mesh.shape[DATA]
+    rows = round_up(len(prompts), mesh.shape[DATA])
     batch = batch_sharding(mesh)
     args = [put_rows(x, rows, batch) for x in (ids, pads, min_length, keys)]
     leaves, treedef = jax.tree_util.tree_flatten(params)

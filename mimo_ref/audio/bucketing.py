@@ -8,6 +8,7 @@ padding at 2x for short inputs and ``step`` frames for long ones, and the number
 
 from __future__ import annotations
 
+from mimo_ref.arith import round_up
 from mimo_ref.tap import is_collecting
 
 
@@ -22,4 +23,4 @@ def bucket_length(n: int, *, minimum: int = 64, step: int = 1024) -> int:
         while size < n:
             size *= 2
         return size
-    return -(-n // step) * step
+    return round_up(n, step)

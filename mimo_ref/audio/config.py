@@ -15,6 +15,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from mimo_ref.arith import ceil_div
 from mimo_ref.config import ConfigError, field, read_json
 
 
@@ -107,7 +108,7 @@ class AudioTokenizerConfig:
     def code_length(self, mel_frames: int) -> int:
         """Code frames of a segment of ``mel_frames``: conv stem, then ``ceil(. / avg_pooler)``."""
         frames = self.encoder_output_length(mel_frames)
-        return -(-frames // self.avg_pooler)
+        return ceil_div(frames, self.avg_pooler)
 
 
 def _window(data: dict[str, Any], name: str, path: Path, default: tuple[int, int]) -> tuple[int, int]:

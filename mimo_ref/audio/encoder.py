@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mimo_ref.arith import ceil_div, round_up
 from mimo_ref.audio.bucketing import bucket_length
 from mimo_ref.audio.config import AudioTokenizerConfig
 from mimo_ref.audio.rvq import rvq_decode, rvq_encode
@@ -75,7 +76,7 @@ def down_sample(params: Params, x: jax.Array, lengths: jax.Array, pack_length: j
     avg_pooler, no bias) + GELU + LayerNorm. Output lengths ``ceil(lengths / avg_pooler)``.
     """
     p = cfg.avg_pooler
-    t = -(-x.shape[1] // p) * p
+    t = round_up(x.shape[1], p)
     x = jnp.pad(x, ((0, 0), (0, t - x.shape[1]), (0, 0)))  # [B, T2, D] -> [B, T2', D], T2' a multiple of p
     pos = jnp.arange(t)[None, :]  # [1, T2']
     source = jnp.clip(jnp.minimum(pos, lengths[:, None] - 1), 0, t - 1)  # [B, T2']: own last frame past the end
@@ -83,7 +84,7 @@ def down_sample(params: Params, x: jax.Array, lengths: jax.Array, pack_length: j
     x = jnp.where((pos < pack_length)[:, :, None], x, 0.0)
     x = gelu(conv1d(params["down_sample_layer"][0], x.transpose(0, 2, 1), stride=p))  # [B, D, T2'] -> [B, D, T3]
     x = layer_norm(params["down_sample_norm"], x.transpose(0, 2, 1), eps=LAYER_NORM_EPS)  # -> [B, T3, D]
-    return x, -(-lengths // p)
+    return x, ceil_div(lengths, p)
 
 
 def encoder_features(
