@@ -108,7 +108,7 @@ def encoder_features(
     pos = jnp.arange(mels.shape[1])[None, :, None]  # [1, T, 1]
     mels = jnp.where(pos < lengths[:, None, None], mels.astype(dtype), 0.0)  # official zero padding of the batch
     x = tap("audio.encoder.conv_stem", conv_stem(params, mels, pack_length, cfg=cfg))  # [B, T, M] -> [B, T2, D]
-    lengths2 = (lengths + 3 - cfg.kernel_size + 2 - cfg.kernel_size) // cfg.stride_size + 1  # get_output_length
+    lengths2 = cfg.encoder_output_length(lengths)  # [B] frames after the conv stem (official get_output_length)
     pack_length2 = (pack_length + 3 - cfg.kernel_size + 2 - cfg.kernel_size) // cfg.stride_size + 1
     b, t2, _ = x.shape
     positions = jnp.broadcast_to(jnp.arange(t2)[None, :], (b, t2))  # RoPE restarts at 0 in every segment
