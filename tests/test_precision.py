@@ -144,18 +144,19 @@ def run_cli_subprocess(tmp_path: Path, *commands: list[str]) -> None:
     return proc
 
 
-def test_float64_tts_and_asr_end_to_end(tmp_path):
+def test_float64_tts_asr_and_bench_end_to_end(tmp_path):
     fast = ["--max-new-groups", "4", "--no-progress", "--precision", "float64"]
     proc = run_cli_subprocess(
         tmp_path,
         ["tts", "Hello world", "-o", str(tmp_path / "f64.wav"), *fast],
         ["asr", str(GOLDEN_WAV16), *fast],
+        ["bench", "--prompt-groups", "2", "--new-groups", "2", "--repeats", "1", "--precision", "float64"],
     )
     import soundfile as sf
 
     info = sf.info(tmp_path / "f64.wav")
     assert info.samplerate == 24000 and info.frames > 0
-    assert proc.stdout.endswith("\n")
+    assert '"compute_dtype": "float64"' in proc.stdout  # bench ran in float64
 
 
 @pytest.mark.parametrize("precision", ["official", "bfloat16"])
