@@ -228,9 +228,7 @@ def dump_run(
     return manifest
 
 
-def run_audio_stages(
-    *, audio, mel, codes, dtype: str, lm_cfg, configs: dict, audio_tokenizer
-) -> np.ndarray | None:
+def run_audio_stages(*, audio, mel, codes, dtype: str, lm_cfg, configs: dict, audio_tokenizer) -> np.ndarray | None:
     """The tokenizer stages from whichever input is given (inside :func:`collecting`); -> the LM's codes ``[C, T]``
     padded to a multiple of G, or None when no audio input is given."""
     if audio is None and mel is None and codes is None:

@@ -240,9 +240,7 @@ def test_stream_speech_is_the_pure_streaming_decode_of_the_official_span(kinds, 
     config = StreamingConfig(*overlap)
     streamed = list(pipeline.stream_speech(iter(chunks), (params, acfg), config))
     if t == 0:
-        assert (
-            len(streamed) == 1 and not streamed[0].any() and streamed[0].shape == (waveform.EMPTY_AUDIO_SAMPLES,)
-        )
+        assert len(streamed) == 1 and not streamed[0].any() and streamed[0].shape == (waveform.EMPTY_AUDIO_SAMPLES,)
         return
     state, pure = init_state(1, acfg), []
     for codes, last in chunks:
