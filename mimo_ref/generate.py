@@ -312,7 +312,10 @@ def group_step(
 
 @functools.partial(jax.jit, static_argnames=("st",))
 def generate_jit(params, ids, pads, min_length, keys, *, st: StepStatic) -> tuple[jax.Array, jax.Array]:
-    """Prefill + ``lax.while_loop`` of :func:`group_step` until every row is done. -> (new groups, n_new)."""
+    """Prefill + ``lax.while_loop`` of :func:`group_step` until every row is done.
+
+    -> (groups ``[B, N, C+1, G]``, n_generated ``[B]``): the :class:`DecodeState` fields the host needs.
+    """
     state = prefill(params, ids, pads, st=st)
     tables = lm.stacked_speech_tables(params, cfg=st.cfg)
 
@@ -392,20 +395,22 @@ def prepare(
     return Prepared(st, jnp.asarray(ids), jnp.asarray(pads), min_length, keys, prompts)
 
 
-def assemble(prompts: list[np.ndarray], new: np.ndarray, n_new: np.ndarray, st: StepStatic) -> GenerationResult:
+def assemble(
+    prompts: list[np.ndarray], groups: np.ndarray, n_generated: np.ndarray, st: StepStatic
+) -> GenerationResult:
     """Host side: join each row's prompt (as given, -100 fillers included) and its generated groups."""
     cfg = st.cfg
     g = cfg.group_size
     b = len(prompts)
     prompt_lengths = np.array([p.shape[1] // g for p in prompts], np.int64)
-    lengths = prompt_lengths + n_new
+    lengths = prompt_lengths + n_generated
     total = int(lengths.max())
     out = np.empty((b, cfg.audio_channels + 1, total * g), np.int64)
     out[:, 0] = st.special.endoftext
     out[:, 1:] = np.asarray(cfg.speech_empty_ids)[None, :, None]
     for r in range(b):
         gen = (
-            new[r, : int(n_new[r])].transpose(1, 0, 2).reshape(cfg.audio_channels + 1, -1)
+            groups[r, : int(n_generated[r])].transpose(1, 0, 2).reshape(cfg.audio_channels + 1, -1)
         )  # [n, C+1, G] -> [C+1, n*G]
         row = np.concatenate([prompts[r], gen], axis=1)
         out[r, :, : row.shape[1]] = row
@@ -445,8 +450,8 @@ def generate(
         key=key,
         prompt_bucket=prompt_bucket,
     )
-    new, n_new = generate_jit(params, ids, pads, min_length, keys, st=st)
-    return assemble(prompts, np.asarray(new), np.asarray(n_new), st)
+    groups, n_generated = generate_jit(params, ids, pads, min_length, keys, st=st)
+    return assemble(prompts, np.asarray(groups), np.asarray(n_generated), st)
 
 
 def generate_stream(
