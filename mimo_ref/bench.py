@@ -28,8 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mimo_ref import bench_breakdown, generate, lm, sampling
-from mimo_ref.config import SpecialTokens, lm_config_from_dict
+from mimo_ref.bucketing import PROMPT_BUCKET
+from mimo_ref.config import lm_config_from_dict
 from mimo_ref.precision import Precision, param_bytes, resolve_precision
+from mimo_ref.random_weights import random_params, random_weight_bytes, speech_prompt, synthetic_special
 
 log = logging.getLogger(__name__)  # stage messages; the CLI prints them on stderr
 
@@ -78,14 +80,6 @@ def throughput(s_per_group: float, batch: int) -> dict:
 def json_keys_help() -> str:
     """The JSON keys as an indented list for ``mimo-ref bench --help``."""
     return "JSON keys:\n" + "\n".join(f"  {key}: {text}" for key, text in JSON_KEYS.items())
-
-
-def random_weight_bytes(shapes: dict[str, tuple[int, ...]], dtype) -> tuple[int, int]:
-    """(bytes of the weights held in ``dtype``, peak bytes while building them): :func:`random_params` draws one
-    float32 tensor at a time, so the peak is the held weights plus the largest tensor in float32."""
-    sizes = [int(np.prod(shape)) for shape in shapes.values()]
-    held = sum(sizes) * jnp.dtype(dtype).itemsize
-    return held, held + max(sizes, default=0) * 4
 
 
 def available_host_bytes() -> int | None:
@@ -144,44 +138,6 @@ def preset_config(name: str):
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return lm_config_from_dict(PRESETS[name] | SPEECH_FIELDS, Path(f"<preset {name}>"))
-
-
-def random_params(shapes: dict[str, tuple[int, ...]], seed: int, dtype, *, place=None) -> dict:
-    """Random weights for a weight spec: N(0, 0.02) matrices, ones for norm weights, zeros for biases.
-
-    ``place(name, array)``: puts each tensor on devices (:func:`mimo_ref.sharding.placer`); default: one device.
-    """
-    from mimo_ref.checkpoint import nest
-
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for name, shape in shapes.items():
-        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
-            value = np.ones(shape, np.float32)
-        elif name.endswith(".bias"):
-            value = np.zeros(shape, np.float32)
-        else:
-            value = rng.standard_normal(shape, dtype=np.float32) * 0.02
-        flat[name] = jnp.asarray(value, dtype) if place is None else place(name, value.astype(dtype))
-        del value
-    return nest(flat)
-
-
-def synthetic_special(vocab_size: int) -> SpecialTokens:
-    """Special ids at the top of the vocabulary, for random-weight runs without a tokenizer."""
-    names = [f.name for f in dataclasses.fields(SpecialTokens)]
-    return SpecialTokens(**{n: vocab_size - 1 - i for i, n in enumerate(names)})
-
-
-def speech_prompt(cfg, special: SpecialTokens, groups: int, seed: int) -> np.ndarray:
-    """A prompt of ``groups`` speech groups with random codes: ``[C+1, groups*G]``."""
-    rng = np.random.default_rng(seed)
-    g = cfg.group_size
-    ids = np.empty((cfg.audio_channels + 1, groups * g), np.int64)
-    ids[0] = special.empty
-    for c, empty in enumerate(cfg.speech_empty_ids):
-        ids[c + 1] = rng.integers(0, empty, size=groups * g)
-    return ids
 
 
 def timed(fn, repeats: int) -> float:
@@ -267,7 +223,7 @@ def run_bench(
         st, ids, pads, min_length, keys, _ = generate.prepare(
             cfg, special, prompts, max_new_groups=groups, min_new_groups=0, stop_tokens=(),
             text_sampler=sampling.GREEDY, speech_sampler=local_sampler, key=jax.random.key(seed),
-            prompt_bucket=generate.PROMPT_BUCKET,
+            prompt_bucket=PROMPT_BUCKET,
         )  # fmt: skip
         t0 = time.perf_counter()
         if mesh is not None:  # rows over the data axis; the params carry their own shardings

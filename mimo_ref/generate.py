@@ -34,12 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mimo_ref import lm, sampling
-from mimo_ref.arith import round_up
+from mimo_ref.bucketing import PROMPT_BUCKET, bucket_length
 from mimo_ref.config import LMConfig, SpecialTokens
 from mimo_ref.sampling import SamplerConfig
 from mimo_ref.tap import tap
-
-PROMPT_BUCKET = 64  # prompts are left-padded to a multiple of this many groups, so one compile serves many lengths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +136,6 @@ def as_prompt_list(prompt_ids, cfg: LMConfig) -> list[np.ndarray]:
             if p[c + 1].min() < 0 or p[c + 1].max() >= vocab:
                 raise ValueError(f"prompt {b} channel {c} has speech ids outside 0..{vocab - 1}")
     return prompts
-
-
-def bucket(n: int, size: int = PROMPT_BUCKET) -> int:
-    """Round a prompt length in groups up to the next multiple of ``size``."""
-    return round_up(n, size)
 
 
 def left_pad(
@@ -381,7 +374,8 @@ def prepare(
             f"prompt of {longest} groups + max_new_groups {max_new_groups} exceeds the model's "
             f"max_position_embeddings ({cfg.max_position_embeddings}); shorten the prompt or generate fewer groups"
         )
-    slots = min(bucket(longest, prompt_bucket), cfg.max_position_embeddings - max_new_groups)
+    bucketed = bucket_length(longest, minimum=prompt_bucket, step=prompt_bucket)  # a multiple of prompt_bucket
+    slots = min(bucketed, cfg.max_position_embeddings - max_new_groups)
     ids, pads = left_pad(prompts, slots, cfg, special)
     keys = jax.random.key(0) if key is None else key
     if not jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):

@@ -25,9 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_AUDIO_TOKENIZER = REPO_ROOT / "weights" / "mimo_audio_tokenizer_tiny"
-SAMPLE_RATE = 24000
+from mimo_ref.audio_io import TOKENIZER_SR as SAMPLE_RATE
+from mimo_ref.bundled import BUNDLED_AUDIO_TOKENIZER, REPO_ROOT
 
 
 def peak_rss_mb() -> float:

@@ -5,6 +5,9 @@
 - :func:`max_abs`: the largest absolute difference (what 16-bit PCM LSB bounds and ``atol`` are stated in).
 - :func:`max_normalised`: ``max |a - e| / max |e|``, what the Hypothesis properties bound.
 - :func:`mismatches`: how many entries of two integer (or exact) arrays differ.
+- :func:`cosine`: cosine similarity of the flattened tensors (``trace compare``'s extra column).
+- :func:`tolerance_excess`: ``|a - e| - (atol + rtol |e|)`` per entry, positive where ``numpy.isclose``'s rule
+  (with ``e`` the reference) fails: what :mod:`mimo_ref.testing.differential` bounds.
 
 Each takes two arrays of the same shape; a shape mismatch raises ``ValueError`` naming both shapes.
 """
@@ -48,3 +51,22 @@ def max_normalised(actual, expected) -> float:
     scale = float(np.max(np.abs(e.astype(np.float64)))) if e.size else 0.0
     err = max_abs(a, e)
     return err / scale if scale > 0 else err
+
+
+def cosine(actual, expected) -> float:
+    """``<a, e> / (||a|| ||e||)`` in float64 over the flattened tensors (1 when both are zero, 0 when one is)."""
+    a, e = same_shape(actual, expected)
+    a, e = a.astype(np.float64).ravel(), e.astype(np.float64).ravel()
+    norm_a, norm_e = float(np.linalg.norm(a)), float(np.linalg.norm(e))
+    if norm_a == 0 or norm_e == 0:
+        return float(norm_a == norm_e)
+    return float(np.dot(a, e)) / (norm_a * norm_e)
+
+
+def tolerance_excess(actual, expected, *, rtol: float, atol: float) -> np.ndarray:
+    """Per entry ``|a - e| - (atol + rtol * |e|)`` in float64 (complex values by modulus): > 0 where the entry is out
+    of tolerance. Non-finite entries must be masked by the caller (``inf - inf`` is NaN)."""
+    a, e = same_shape(actual, expected)
+    wide = np.complex128 if np.iscomplexobj(a) or np.iscomplexobj(e) else np.float64
+    a, e = a.astype(wide), e.astype(wide)
+    return np.abs(a - e) - (atol + rtol * np.abs(e))

@@ -33,6 +33,7 @@ from mimo_ref.audio.streaming import StreamingConfig, init_state, stream_frames_
 from mimo_ref.audio.waveform import EMPTY_AUDIO_SAMPLES
 from mimo_ref.audio_io import AudioFileError, load_audio, resample
 from mimo_ref.audio_limits import check_audio_length, file_length
+from mimo_ref.bundled import BUNDLED_AUDIO_TOKENIZER, BUNDLED_LM
 from mimo_ref.checkpoint import resolve_checkpoint
 from mimo_ref.checks import InputError, check_long_enough, fold_seed, mono_wave, positive_int
 from mimo_ref.config import LMConfig, SpecialTokens
@@ -40,9 +41,6 @@ from mimo_ref.precision import Precision, resolve_precision
 from mimo_ref.prompts import AudioCodes, Prompt, PromptContext
 from mimo_ref.text import TextTokenizer, decode_text_channel, load_text_tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BUNDLED_LM = REPO_ROOT / "weights" / "mimo_audio_tiny"
-BUNDLED_AUDIO_TOKENIZER = REPO_ROOT / "weights" / "mimo_audio_tokenizer_tiny"
 log = logging.getLogger(__name__)  # stage messages (model loading); the CLI prints them on stderr
 
 # audio inputs: a file path, a (wave, sample_rate) pair, or codes already encoded

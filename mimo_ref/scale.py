@@ -64,12 +64,12 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from mimo_ref.bundled import REAL_SHAPES
 from mimo_ref.checks import fold_seed
 from mimo_ref.config import ConfigError, lm_config_from_dict, read_json
 
 log = logging.getLogger(__name__)
 
-REAL_SHAPES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "real_shapes"
 REAL_LM_CONFIG = REAL_SHAPES / "mimo_audio_7b.config.json"
 REAL_AUDIO_CONFIG = REAL_SHAPES / "mimo_audio_tokenizer.config.json"
 

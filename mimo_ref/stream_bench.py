@@ -8,14 +8,15 @@ JSON object (keys in :data:`JSON_KEYS`). It runs exactly the streaming path of t
 
 The answer is forced to be all speech, as ``mimo-ref bench`` does by default: the text head is zeroed so greedy
 picks id 0, id 0 is declared ``<|empty|>``, and the prompt opens speech; every group then carries G = 4 code
-frames (160 ms), so a ``seconds`` long answer takes ``ceil(seconds * 25 / 4)`` speech groups plus one (the last
-generated group never belongs to the official speech span). The prompt is ``--prompt-groups`` groups of random
-speech codes. This changes what is computed, not how long it takes.
+frames (160 ms), so a ``seconds`` long answer takes ``ceil(seconds * 25 / 4)`` speech groups (25 Hz: the
+tokenizer's ``sampling_rate / samples_per_code``) plus one (the last generated group never belongs to the
+official speech span). The prompt is ``--prompt-groups`` groups of random speech codes. This changes what is
+computed, not how long it takes.
 
 Models: a checkpoint pair (default: the bundled tiny ones) or ``--preset 7b --random-weights``: the real LM shapes
-(bf16-stored random weights, about 16 GB) with the real tokenizer shapes (:data:`REAL_TOKENIZER`, float32 random
-weights, about 5 GB). The first run in the process includes compilation ("cold"); the warm figures are the median
-of ``--repeats`` further runs.
+(bf16-stored random weights, about 16 GB) with the real tokenizer shapes
+(``tests/fixtures/real_shapes/mimo_audio_tokenizer.config.json``, float32 random weights, about 5 GB). The first
+run in the process includes compilation ("cold"); the warm figures are the median of ``--repeats`` further runs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import math
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -37,23 +37,8 @@ from mimo_ref import bench, generate, lm, pipeline, sampling
 from mimo_ref.audio.config import audio_config_from_dict
 from mimo_ref.audio.streaming import DEFAULT_LEFT_OVERLAP, DEFAULT_RIGHT_OVERLAP, StreamingConfig, stream_frames_bound
 from mimo_ref.precision import resolve_precision
-
-CODE_RATE_HZ = 25  # code frames per second of the real tokenizer (24000 / 960)
-
-# The real MiMo-Audio-Tokenizer config (tests/fixtures/real_shapes/mimo_audio_tokenizer.config.json).
-REAL_TOKENIZER = {
-    "max_audio_seconds": 1800, "stride_size": 2, "avg_pooler": 2, "d_model": 1280, "scale_embedding": False,
-    "kernel_size": 3, "activation_function": "gelu", "encoder_layers": 32, "encoder_skip_layer_id": 3,
-    "encoder_attention_heads": 20, "encoder_ffn_dim": 5120, "encoder_causal": False,
-    "encoder_attn_window_size": [-1, -1], "decoder_layers": 32, "decoder_attention_heads": 20,
-    "decoder_ffn_dim": 5120, "decoder_kernel_size": 3, "decoder_stride_size": 2, "decoder_causal": True,
-    "decoder_attn_window_size": [-1, -1], "nfft": 960, "vocoder_dim": 256, "vocoder_intermediate_dim": 1024,
-    "vocoder_num_layers": 16, "n_mels": 128, "sampling_rate": 24000, "hop_length": 240, "window_size": 960,
-    "vocoder_padding": "same", "fmin": 0, "fmax": None, "num_quantizers": 20,
-    "codebook_size": [1024, 1024] + [128] * 18, "threshold_ema_dead_code": 2, "position_embedding_type": "rope",
-    "rope_theta": 10000, "rope_type": "default", "ln_type": "LayerNorm", "vocoder_attention_heads": 16,
-    "vocoder_attn_window_size": [40, 10], "model_type": "mimo_audio_tokenizer",
-}  # fmt: skip
+from mimo_ref.random_weights import random_params, speech_prompt, synthetic_special
+from mimo_ref.scale import REAL_AUDIO_CONFIG
 
 JSON_KEYS = {
     "source": "the checkpoints, or the preset with random weights",
@@ -86,9 +71,9 @@ def load_models(model, audio_tokenizer, preset: str | None, precision, seed: int
 
     cfg = dataclasses.replace(bench.preset_config(preset), compute_dtype=precision.compute)
     storage = precision.storage_dtype(bench.PRESET_CHECKPOINT_DTYPE[preset])
-    params = bench.random_params(lm.param_shapes(cfg), seed, storage)
-    special = bench.synthetic_special(cfg.vocab_size)
-    audio_cfg = audio_config_from_dict(REAL_TOKENIZER, Path("<real tokenizer shapes>"))
+    params = random_params(lm.param_shapes(cfg), seed, storage)
+    special = synthetic_special(cfg.vocab_size)
+    audio_cfg = audio_config_from_dict(json.loads(REAL_AUDIO_CONFIG.read_text()), REAL_AUDIO_CONFIG)
     audio_cfg = dataclasses.replace(audio_cfg, compute_dtype=precision.compute)
     audio_params = random_audio_params(audio_cfg, seed, precision.dtype)
     return params, cfg, special, audio_params, audio_cfg, f"preset {preset} + real tokenizer shapes, random weights"
@@ -115,8 +100,9 @@ def run_stream_bench(
     params = params | {"lm_head": {"weight": jnp.zeros_like(params["lm_head"]["weight"])}}  # greedy text id 0
     special = dataclasses.replace(special, empty=0)  # ... declared <|empty|>: every group is a speech group
     g = cfg.group_size
-    speech_groups = math.ceil(seconds * CODE_RATE_HZ / g)
-    prompt = bench.speech_prompt(cfg, special, prompt_groups, seed)
+    code_rate_hz = audio_cfg.sampling_rate / audio_cfg.samples_per_code  # 25 code frames per second (real)
+    speech_groups = math.ceil(seconds * code_rate_hz / g)
+    prompt = speech_prompt(cfg, special, prompt_groups, seed)
     options = dict(
         max_new_groups=speech_groups + 1,  # the last generated group is never part of the official span
         min_new_groups=0,

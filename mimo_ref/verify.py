@@ -47,10 +47,9 @@ from safetensors.numpy import load_file
 from mimo_ref import audio, generate, golden_cases, lm, pipeline, prompts, sampling
 from mimo_ref.audio import streaming
 from mimo_ref.audio_io import load_audio_24k, resample
+from mimo_ref.bundled import BUNDLED_GOLDEN
 from mimo_ref.metrics import max_abs, mismatches, rel_l2
 from mimo_ref.text import load_text_tokenizer
-
-BUNDLED_GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "golden"
 
 DTYPES = {"f32": "float32", "f64": "float64", "bf16": "bfloat16"}
 # The official wrapper's precision (bf16-rounded weights and tokenizer buffers, float32 math): the pipeline runs.

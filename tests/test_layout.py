@@ -21,6 +21,7 @@ TOOLS = {
     "mimo_ref.metrics",
     "mimo_ref.bench",
     "mimo_ref.bench_breakdown",
+    "mimo_ref.random_weights",
     "mimo_ref.stream_bench",
     "mimo_ref.long_audio_bench",
     "mimo_ref.trace",

@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mimo_ref.audio.bucketing import bucket_length
 from mimo_ref.audio.config import AudioTokenizerConfig
 from mimo_ref.audio.rvq import rvq_decode
 from mimo_ref.audio.transformer import LAYER_NORM_EPS, segment_mask, transformer
 from mimo_ref.audio.vocoder import vocoder
+from mimo_ref.bucketing import bucket_length
 from mimo_ref.layers import Params, compute_dtype, conv_transpose1d, layer_norm
 from mimo_ref.precision import at_use, model_dtype
 from mimo_ref.tap import tap

@@ -43,10 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mimo_ref.arith import ceil_div, round_up
-from mimo_ref.audio.bucketing import bucket_length
 from mimo_ref.audio.config import AudioTokenizerConfig
 from mimo_ref.audio.rvq import rvq_decode, rvq_encode
 from mimo_ref.audio.transformer import LAYER_NORM_EPS, segment_mask, transformer
+from mimo_ref.bucketing import bucket_length
 from mimo_ref.layers import Params, conv1d, gelu, layer_norm
 from mimo_ref.precision import model_dtype
 from mimo_ref.tap import tap

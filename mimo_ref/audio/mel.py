@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mimo_ref.audio.bucketing import bucket_length
 from mimo_ref.audio.config import AudioTokenizerConfig
+from mimo_ref.bucketing import bucket_length
 from mimo_ref.tap import tap
 
 LOG_FLOOR = 1e-7  # official wav2mel: torch.log(torch.clip(spec, min=1e-7))

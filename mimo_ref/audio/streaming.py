@@ -48,11 +48,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mimo_ref.audio.bucketing import bucket_length
 from mimo_ref.audio.config import AudioTokenizerConfig
 from mimo_ref.audio.decoder import audio_decoder, check_codes
 from mimo_ref.audio.rvq import rvq_decode
 from mimo_ref.audio.vocoder import vocoder
+from mimo_ref.bucketing import bucket_length
 from mimo_ref.layers import Params
 
 DEFAULT_LEFT_OVERLAP = 250  # official StreamingConfig.left_overlap = 10 * 25 code frames (10 s of left context)

@@ -20,11 +20,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from mimo_ref.audio.bucketing import bucket_length
 from mimo_ref.audio.config import AudioTokenizerConfig
 from mimo_ref.audio.decoder import check_codes, decode
 from mimo_ref.audio.encoder import encode_codes_padded, padded_rows
 from mimo_ref.audio.mel import check_wave, log_mel_frames, mel_frames
+from mimo_ref.bucketing import bucket_length
 from mimo_ref.layers import Params
 
 SEGMENT_FRAMES = 6000  # official preprocess_input: segment_size = 6000 mel frames (60 s at 100 Hz)

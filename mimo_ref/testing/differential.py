@@ -21,6 +21,7 @@ import numpy as np
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from mimo_ref.metrics import tolerance_excess
 from mimo_ref.tap import collecting
 
 MAX_SHOWN_VALUES = 16  # arrays with at most this many elements are printed in full in failure messages
@@ -134,18 +135,19 @@ def leaf_mismatch(path: str, ref: Any, cand: Any, rtol: float, atol: float | Non
         )
     scale = float(np.max(np.abs(ref64[finite]))) if finite.any() else 0.0
     abs_tol = rtol * scale if atol is None else atol
-    with np.errstate(invalid="ignore"):  # inf - inf at the (matching) non-finite entries, masked out
-        err = np.where(finite, np.abs(cand64 - ref64), 0.0)
-    allowed = abs_tol + rtol * np.abs(np.where(finite, ref64, 0.0))
-    bad = err > allowed
+    zero = np.zeros((), ref64.dtype)
+    cand0, ref0 = np.where(finite, cand64, zero), np.where(finite, ref64, zero)  # matching non-finite entries: 0
+    excess = tolerance_excess(cand0, ref0, rtol=rtol, atol=abs_tol)  # > 0: out of tolerance
+    bad = excess > 0
     if not bad.any():
         return None
-    index = np.unravel_index(int(np.argmax(np.where(bad, err - allowed, -np.inf))), err.shape)
-    index = tuple(int(i) for i in index)
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(excess)), excess.shape))
+    err = np.abs(cand0 - ref0)
+    allowed = err[index] - excess[index]  # atol + rtol * |reference| at the worst entry
     return Mismatch(
         path,
         f"max |candidate - reference| = {float(err.max()):.3e} (reference scale {scale:.3e}); worst at index "
-        f"{index}: candidate {cand64[index]:.8g}, reference {ref64[index]:.8g}, allowed {allowed[index]:.3e}; "
+        f"{index}: candidate {cand64[index]:.8g}, reference {ref64[index]:.8g}, allowed {allowed:.3e}; "
         f"{int(bad.sum())} of {bad.size} values out of tolerance",
     )
 

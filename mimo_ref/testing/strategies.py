@@ -36,8 +36,8 @@ from mimo_ref import lm
 from mimo_ref.audio.config import AudioTokenizerConfig, audio_config_from_dict
 from mimo_ref.audio.config import param_shapes as audio_param_shapes
 from mimo_ref.audio.mel import periodic_hann
-from mimo_ref.bench import random_params, synthetic_special
 from mimo_ref.config import LMConfig, SpecialTokens, lm_config_from_dict
+from mimo_ref.random_weights import random_params, synthetic_special
 from mimo_ref.sampling import SamplerConfig
 
 MAX_SEED = 2**32 - 1
@@ -174,8 +174,8 @@ def special_tokens(cfg: LMConfig) -> SpecialTokens:
 
 WEIGHTS = ("probing", "plain")
 """Random-weight styles of :func:`lm_params` / :func:`audio_params`: ``"probing"`` (:func:`probing_params`, the
-default) or ``"plain"`` (:func:`mimo_ref.bench.random_params`: N(0, 0.02) matrices, unit norm scales, zero biases;
-what a benchmark needs, and blind to the bugs listed in :func:`probing_params`)."""
+default) or ``"plain"`` (:func:`mimo_ref.random_weights.random_params`: N(0, 0.02) matrices, unit norm scales,
+zero biases; what a benchmark needs, and blind to the bugs listed in :func:`probing_params`)."""
 
 QK_GAIN = 2.0
 """q_proj / k_proj weights are N(0, (QK_GAIN / sqrt(fan_in))^2): attention scores of unit-scale inputs then have a
