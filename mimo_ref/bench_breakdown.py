@@ -16,8 +16,11 @@ The floor is what no implementation on this machine can beat: reading the weight
 ``floor_lm_head_s`` times a jitted ``[1, D] @ lm_head.T`` (the single largest read); ``floor_weights_s`` a jitted
 product of a ``[1, I]`` vector with every per-group weight matrix ``[O, I]`` (and a sum of every vector weight).
 Per-group weights are all LM weights except the two tables only gathered by id (``model.embed_tokens``, the
-``speech_embeddings``); the patch decoder's weights are counted once although its steps read them 11 times (they
-fit in cache on most CPUs). This module is a tool: it reads the model, the model never imports it.
+``speech_embeddings``); the patch decoder's weights are counted once although its 11 sequential steps each read
+them. ``floor_step_reads_s`` counts them as the computation must read them: the other weights once, then the
+local stack and the speech heads once per patch-decoder step, in a jitted loop whose reads depend on the previous
+step (so XLA cannot hoist them): the floor of this computation, as opposed to ``floor_weights_s``, the floor of
+reading the model once. This module is a tool: it reads the model, the model never imports it.
 """
 
 from __future__ import annotations
@@ -44,9 +47,16 @@ JSON_KEYS = {
     "matrix-vector product (median)",
     "floor_bandwidth_gb_s": "breakdown: per_group_weight_bytes / floor_weights_s, GB/s",
     "s_per_group_over_floor": "breakdown: s_per_group / floor_weights_s (1.0 is the memory floor)",
+    "step_read_bytes": "breakdown: bytes a decode step must read: per_group_weight_bytes plus the patch decoder's "
+    "local stack and speech heads once more for each of its further sequential steps",
+    "floor_step_reads_s": "breakdown: measured floor of those reads: the other weights once, then the local stack "
+    "and heads once per patch-decoder step in a jitted loop (median)",
+    "s_per_group_over_step_reads": "breakdown: s_per_group / floor_step_reads_s (1.0: a step that only reads what "
+    "it must)",
 }
 
 GATHERED = ("model.embed_tokens.", "speech_embeddings.")  # tables a step reads a few rows of, not whole
+PER_LOCAL_STEP = ("local_transformer.", "local_transformer_lm_heads.")  # read by every patch-decoder step
 
 
 def timed(fn, repeats: int) -> float:
@@ -60,16 +70,26 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def per_group_weights(params) -> list[jax.Array]:
-    """The weights one decode step reads whole: every leaf except the gathered tables (shared leaves once)."""
+def per_group_weights(params, *, skip: tuple[str, ...] = ()) -> list[jax.Array]:
+    """The weights one decode step reads whole: every leaf except the gathered tables (shared leaves once) and
+    those whose checkpoint name starts with one of ``skip``."""
     seen, out = set(), []
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path) + "."
-        if name.startswith(GATHERED) or id(leaf) in seen:
+        if name.startswith(GATHERED + skip) or id(leaf) in seen:
             continue
         seen.add(id(leaf))
         out.append(leaf)
     return out
+
+
+def per_local_step_weights(params) -> list[jax.Array]:
+    """The patch decoder's local stack and speech heads: what each of its sequential steps reads whole."""
+    return [
+        leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        if (".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path) + ".").startswith(PER_LOCAL_STEP)
+    ]
 
 
 @jax.jit
@@ -79,17 +99,31 @@ def read_lm_head(w: jax.Array) -> jax.Array:
     return jnp.einsum("BI,OI->BO", x, w)  # [1, D] -> [1, V]
 
 
-@jax.jit
-def read_weights(weights: list[jax.Array]) -> jax.Array:
-    """Read every weight once: a ``[1, I]`` product with each matrix ``[O, I]``, a sum of each vector. -> ``[]``."""
-    total = jnp.zeros((), jnp.float32)
+def read_all(weights: list[jax.Array], start: jax.Array) -> jax.Array:
+    """Read every weight once: a ``[1, I]`` product with each matrix ``[O, I]``, a sum of each vector. -> ``[]``.
+
+    ``start`` ``[]`` seeds the vectors, so inside a loop the reads depend on the carry and stay in the loop."""
+    total = start
     for w in weights:
         if w.ndim == 2:
-            x = jnp.ones((1, w.shape[1]), w.dtype)  # [1, I]
+            x = jnp.full((1, w.shape[1]), 1.0, w.dtype) + start.astype(w.dtype)  # [1, I]
             total = total + jnp.sum(jnp.einsum("BI,OI->BO", x, w).astype(jnp.float32))  # [1, I] -> [1, O] -> []
         else:
             total = total + jnp.sum(w.astype(jnp.float32))
     return total
+
+
+@jax.jit
+def read_weights(weights: list[jax.Array]) -> jax.Array:
+    """Every weight read once. -> ``[]``."""
+    return read_all(weights, jnp.zeros((), jnp.float32))
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def read_step_weights(once: list[jax.Array], per_step: list[jax.Array], *, steps: int) -> jax.Array:
+    """``once`` read once, then ``per_step`` read ``steps`` times in a loop (as the patch decoder does). -> ``[]``."""
+    total = read_all(once, jnp.zeros((), jnp.float32))
+    return jax.lax.fori_loop(0, steps, lambda _, acc: read_all(per_step, acc * 1e-30), total)
 
 
 def speech_group(state: generate.DecodeState, st: generate.StepStatic) -> jax.Array:
@@ -148,6 +182,9 @@ def breakdown(params, state, pads, min_length, keys, *, st: generate.StepStatic,
     weight_bytes = sum(int(w.nbytes) for w in weights)
     floor_head = timed(lambda: read_lm_head(params["lm_head"]["weight"]), repeats)
     floor = timed(lambda: read_weights(weights), repeats)
+    once, per_step = per_group_weights(params, skip=PER_LOCAL_STEP), per_local_step_weights(params)
+    step_bytes = sum(int(w.nbytes) for w in once) + st.cfg.local_steps * sum(int(w.nbytes) for w in per_step)
+    floor_steps = timed(lambda: read_step_weights(once, per_step, steps=st.cfg.local_steps), repeats)
     out = {f"stage_{name}_s": round(seconds, 7) for name, seconds in stages.items()}
     return out | {
         "stage_loop_overhead_s": round(s_per_group - sum(stages.values()), 7),
@@ -156,4 +193,7 @@ def breakdown(params, state, pads, min_length, keys, *, st: generate.StepStatic,
         "floor_weights_s": round(floor, 7),
         "floor_bandwidth_gb_s": round(weight_bytes / floor / 1e9, 2),
         "s_per_group_over_floor": round(s_per_group / floor, 3),
+        "step_read_bytes": step_bytes,
+        "floor_step_reads_s": round(floor_steps, 7),
+        "s_per_group_over_step_reads": round(s_per_group / floor_steps, 3),
     }

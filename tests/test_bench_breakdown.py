@@ -39,6 +39,13 @@ def test_cli_bench_breakdown_reports_stages_and_floor(capsys):
     bandwidth = result["per_group_weight_bytes"] / result["floor_weights_s"] / 1e9
     assert result["floor_bandwidth_gb_s"] == round(bandwidth, 2)
 
+    # the computation's own floor reads the local stack and speech heads once per patch-decoder step
+    local = sum(int(np.prod(s)) for name, s in shapes.items() if name.startswith(bench_breakdown.PER_LOCAL_STEP))
+    assert result["step_read_bytes"] == result["per_group_weight_bytes"] + (cfg.local_steps - 1) * itemsize * local
+    assert result["floor_step_reads_s"] > 0
+    ratio = result["s_per_group"] / result["floor_step_reads_s"]
+    assert abs(result["s_per_group_over_step_reads"] - ratio) <= 1e-2 * max(1.0, abs(ratio))
+
 
 def test_bench_without_breakdown_has_no_stage_keys(capsys):
     assert cli.main(["bench", "--prompt-groups", "4", "--new-groups", "3", "--repeats", "1"]) == 0
