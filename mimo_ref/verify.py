@@ -29,10 +29,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import io
 import json
 import math
 import re
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,10 +46,10 @@ import soundfile as sf
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from mimo_ref import audio, generate, golden_cases, lm, pipeline, prompts, sampling
+from mimo_ref import audio, generate, lm, pipeline, prompts, sampling
 from mimo_ref.audio import streaming
 from mimo_ref.audio_io import load_audio_24k, resample
-from mimo_ref.bundled import BUNDLED_GOLDEN
+from mimo_ref.bundled import BUNDLED_GOLDEN, OFFICIAL_CALLS
 from mimo_ref.metrics import max_abs, mismatches, rel_l2
 from mimo_ref.text import load_text_tokenizer
 
@@ -63,6 +65,85 @@ SAMPLER_TOL = 1e-6
 MEL_TOL = 1e-5
 RVQ_TOL = 1e-6
 RESAMPLE_TOL = 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The official calls behind the fixtures (prompt cases and the lm/ generate runs)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def official_calls() -> types.ModuleType:
+    """``tests/fixtures/official_calls.py``: the official prompt-builder call of every prompt case (fixture data
+    in Python, kept with the fixtures; see that file). Loaded by path from the source checkout, like the bundled
+    fixture set itself."""
+    if not OFFICIAL_CALLS.is_file():
+        raise FileNotFoundError(
+            f"the official call table of the golden fixtures is missing ({OFFICIAL_CALLS}); "
+            "run mimo-ref verify from a source checkout (pip install -e .)"
+        )
+    spec = importlib.util.spec_from_file_location("mimo_ref_official_calls", OFFICIAL_CALLS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def extract_audio(ids: np.ndarray, ctx: prompts.PromptContext) -> list[np.ndarray]:
+    """The codes ``[C, T]`` of every audio argument in a prompt ``[C+1, L]``, in order.
+
+    A wrapped audio is the speech groups between ``<|sosp|>`` and ``<|eosp|>``; a streamed one is all speech
+    groups between ``<|sostm|>`` and ``<|eostm|>`` (its chunks are split by transcript groups).
+    """
+    g, s = ctx.group_size, ctx.special
+    text = ids[0, ::g]  # [L] -> [L / G]
+    found, current, inside = [], [], None
+    for k, token in enumerate(text):
+        if token == s.empty:
+            if inside is None:
+                raise ValueError(f"speech group {k} outside sosp/eosp and sostm/eostm")
+            current.append(ids[1:, k * g : (k + 1) * g])
+        elif token in (s.sosp, s.sostm):
+            inside, current = token, []
+        elif token in (s.eosp, s.eostm) and inside is not None:
+            if current:  # a trailing `<|sostm|>` that opens the answer has no end and no audio
+                found.append(np.concatenate(current, axis=1))
+            inside = None
+    return found
+
+
+def official_prompt(name: str, ctx: prompts.PromptContext, golden_ids: np.ndarray, templates) -> prompts.Prompt:
+    """The prompt of case ``name`` rebuilt from its official call; audio codes (if any) read from ``golden_ids``.
+
+    This pins every text id, -100 filler, empty id and wrapper group exactly, independently of the tokenizer.
+    """
+    calls = official_calls()
+    if name in calls.TEXT_CASES:
+        return calls.text_call(name, ctx, templates)
+    found = extract_audio(golden_ids, ctx)
+    arguments = calls.AUDIO_CASES[name]
+    if len(found) != len(arguments):
+        raise ValueError(f"{name}: {len(found)} audio segments in the golden prompt, the call has {len(arguments)}")
+    codes = {arg: c for (arg, _), c in zip(arguments, found, strict=True)}
+    return calls.audio_call(name, ctx, codes, templates)
+
+
+def fixture_generate(params, cfg, special, inputs: dict, *, with_stop: bool) -> np.ndarray:
+    """The official ``generate()`` run of the ``lm/`` fixtures: greedy samplers on ``generate_prompt`` with
+    ``generate_params = (max_new_groups, min_length, stop_token)``; ``min_length`` counts the prompt's groups.
+    Without ``with_stop`` no stop token is given (``generate_greedy_ids_nostop``). -> ids ``[C+1, T_total*G]``."""
+    prompt = inputs["generate_prompt"]
+    max_new, min_length, stop_token = (int(v) for v in inputs["generate_params"])
+    prompt_groups = prompt.shape[-1] // cfg.group_size
+    result = generate.generate(
+        params,
+        cfg,
+        special,
+        prompt,
+        max_new_groups=max_new,
+        min_new_groups=max(0, min_length - prompt_groups) if with_stop else 0,
+        stop_tokens=[stop_token] if with_stop else [],
+    )
+    return result.sequence(0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,9 +263,7 @@ def lm_generate(g: Golden, with_stop: bool, prefix: str = "f32") -> np.ndarray:
     def compute():
         with x64(prefix):
             params, cfg, special = lm_model(g, prefix)
-            return golden_cases.fixture_generate(
-                params, cfg, special, g.arrays("lm/inputs.safetensors"), with_stop=with_stop
-            )
+            return fixture_generate(params, cfg, special, g.arrays("lm/inputs.safetensors"), with_stop=with_stop)
 
     return g.get(f"generate:{with_stop}:{prefix}", compute)
 
@@ -469,11 +548,11 @@ def prompt_layout_row(g: Golden, key: str, name: str) -> Row:
     """The official call of prompt ``key`` (audio codes read back from the fixture): every id exact."""
     want = g.arrays("pipeline/prompts.safetensors")[key]
     templates = g.cases_json["templates_used"][key]
-    prompt = golden_cases.official_prompt(key, prompt_context(g), want, templates)
+    prompt = official_prompt(key, prompt_context(g), want, templates)
     row = exact_row(name, prompt.input_ids, want)
     if prompt.templates != tuple(templates):
         return dataclasses.replace(row, passed=False, note=f"templates {prompt.templates} != official {templates}")
-    if key in golden_cases.AUDIO_CASES and not row.note:
+    if key in official_calls().AUDIO_CASES and not row.note:
         return dataclasses.replace(row, note="layout, codes from the fixture")
     return row
 
@@ -483,8 +562,8 @@ def prompt_from_wav_row(g: Golden, key: str, name: str) -> Row:
     precision: every id exact, codes included."""
     ctx = prompt_context(g)
     codes = wav_codes(g)
-    args = {arg: codes[wav] for arg, wav in golden_cases.AUDIO_CASES[key]}
-    got = golden_cases.audio_call(key, ctx, args, g.cases_json["templates_used"][key]).input_ids
+    args = {arg: codes[wav] for arg, wav in official_calls().AUDIO_CASES[key]}
+    got = official_calls().audio_call(key, ctx, args, g.cases_json["templates_used"][key]).input_ids
     want = g.arrays("pipeline/prompts.safetensors")[key]
     return exact_row(name, got, want, "codes from the wavs, official precision")
 
@@ -493,9 +572,9 @@ def prompt_cases(g: Golden) -> list[Case]:
     cases = []
     for key in g.keys("pipeline/prompts.safetensors"):
         name = f"pipeline/prompts/{key}"
-        known = key in golden_cases.TEXT_CASES or key in golden_cases.AUDIO_CASES
+        known = key in official_calls().TEXT_CASES or key in official_calls().AUDIO_CASES
         cases.append(Case(name, functools.partial(prompt_layout_row if known else missing_row, g, key, name)))
-        if key in golden_cases.AUDIO_CASES:
+        if key in official_calls().AUDIO_CASES:
             cases.append(
                 Case(f"{name} [from wav]", functools.partial(prompt_from_wav_row, g, key, f"{name} [from wav]"))
             )

@@ -17,7 +17,6 @@ TOOLS = {
     "mimo_ref.cli",
     "mimo_ref.cli_checks",
     "mimo_ref.verify",
-    "mimo_ref.golden_cases",
     "mimo_ref.metrics",
     "mimo_ref.bench",
     "mimo_ref.bench_breakdown",

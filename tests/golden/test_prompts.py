@@ -15,14 +15,8 @@ import pytest
 
 from mimo_ref import prompts as P
 from mimo_ref import templates as tpl
-from mimo_ref.golden_cases import (
-    AUDIO_CASES,
-    TEXT_CASES,
-    TEXT_EN,
-    extract_audio,
-    official_prompt,
-    text_call,
-)
+from mimo_ref.verify import extract_audio, official_prompt
+from tests.fixtures.official_calls import AUDIO_CASES, TEXT_CASES, TEXT_EN, text_call
 from tests.golden_utils import load_arrays
 
 
