@@ -16,6 +16,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mimo_ref.arith import ceil_div
 from mimo_ref.audio import decode, decode_padded, encode, encode_padded, istft, log_mel, param_shapes, rvq
 from mimo_ref.audio.mel import periodic_hann
 from mimo_ref.audio.transformer import segment_mask
@@ -116,7 +117,7 @@ def test_tokenizer_padded_shapes_follow_the_formulas_for_any_config(cfg, b, t):
     lengths = jax.ShapeDtypeStruct((b,), jnp.int32)
     encode_fn = functools.partial(encode_padded, cfg=cfg, n_q=cfg.num_quantizers)
     features, out_lengths, codes, quantized = jax.eval_shape(encode_fn, params["encoder"], mels, lengths)
-    t3 = -(-cfg.encoder_output_length(t) // cfg.avg_pooler)
+    t3 = ceil_div(cfg.encoder_output_length(t), cfg.avg_pooler)
     assert features.shape == quantized.shape == (b, t3, cfg.d_model) and features.dtype == jnp.float32
     assert codes.shape == (cfg.num_quantizers, b, t3) and codes.dtype == jnp.int32 and out_lengths.shape == (b,)
     code_in = jax.ShapeDtypeStruct((cfg.num_quantizers, b, t), jnp.int32)
