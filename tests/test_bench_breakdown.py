@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 
 from mimo_ref import bench, bench_breakdown, cli, lm, pipeline
@@ -51,3 +52,16 @@ def test_bench_without_breakdown_has_no_stage_keys(capsys):
     assert cli.main(["bench", "--prompt-groups", "4", "--new-groups", "3", "--repeats", "1"]) == 0
     result = json.loads(capsys.readouterr()[0])
     assert not set(bench_breakdown.JSON_KEYS) & set(result)
+
+
+def test_floor_reads_every_stored_value_once():
+    # read_once touches every element: its result is the sum of the weight (times 1 + start), float32 or bf16-held;
+    # a bf16 weight is read as stored (a fused sum of its upcast), not through a bf16 matrix product
+    rng = np.random.default_rng(0)
+    w32 = rng.standard_normal((48, 16)).astype(np.float32)
+    w16 = jnp.asarray(w32, jnp.bfloat16)
+    for w, start in ((jnp.asarray(w32), 0.0), (w16, 0.0), (w16, 1.0), (jnp.asarray(w32[0]), 0.5)):
+        expected = (1.0 + start) * np.asarray(w, np.float64).sum()
+        got = float(bench_breakdown.read_once(w, jnp.float32(start)))
+        assert abs(got - expected) < 1e-4 * np.abs(np.asarray(w, np.float64)).sum(), (w.dtype, w.shape, start)
+    assert float(bench_breakdown.read_lm_head(w16)) == float(bench_breakdown.read_once(w16, jnp.float32(0.0)))
