@@ -10,8 +10,9 @@
 
 A weight held narrower than the compute dtype is upcast **at use** (type promotion in ``x @ W``, or an explicit
 ``astype`` where promotion alone would not reach the compute dtype). Upcasting bfloat16 (or float32) to a wider
-float is exact, so results are identical to upcasting every weight at load, with half (or a quarter) of the
-resident memory. ``tests/test_precision.py`` proves the identity.
+float is exact, so results equal upcasting every weight at load (ids identical; values within float32 rounding,
+where XLA fuses a conversion into the kernel that consumes it), with half (or a quarter) of the resident memory.
+``tests/test_precision.py`` checks it.
 
 - **buffers** (``bf16_buffers``): the official wrapper's ``.bfloat16()`` on the audio tokenizer also rounds its
   floating buffers, the RoPE ``inv_freq`` of its three transformers (the ISTFT window is a checkpoint tensor and
@@ -157,8 +158,9 @@ def at_use(tree, dtype, after: jax.Array):
     and keeps them all: measured with the 7B shapes, 0.71 GB more temporary memory per backbone layer (28.5 GB
     for the model, an out-of-memory error on a 24 GB machine); with the cond, 0.8 GB whatever the depth.
 
-    Exactness: the converted values equal upcasting at load bit for bit. The LM's results are bit-identical too
-    (``tests/test_precision.py``); in the audio tokenizer, XLA fuses some conversions into the norms that consume
+    Exactness: the converted values equal upcasting at load bit for bit. The LM's ids are identical and its
+    outputs agree within float32 rounding (bit-identical on a Xeon, up to 6e-7 on an AMD EPYC where XLA fuses some
+    conversions into their consumers; ``tests/test_precision.py``); in the audio tokenizer, XLA fuses some conversions into the norms that consume
     them and the fused code may round a result differently (measured: 7e-7 max abs on the decoder's coarse mel,
     1.3e-7 on the waveform; codes identical).
     """

@@ -1,7 +1,9 @@
 """Precision (mimo_ref/precision.py): weight storage apart from the compute dtype.
 
 A weight held narrower than the compute dtype is upcast at use; upcasting is exact, so every result must equal
-(bit for bit) the run whose params were upcast at load. Checked on the LM (forward + generation) and the audio
+the run whose params were upcast at load: bit for bit under float64 compute, within float32 rounding for
+bf16-held weights under float32 compute (XLA may fuse a conversion into its consumer; see ``BF16_HELD_ATOL``), with
+identical generated ids. Checked on the LM (forward + generation) and the audio
 tokenizer (codes + waveform), for bf16 storage under float32 compute and float32 storage under float64 compute.
 """
 
@@ -55,13 +57,21 @@ def test_storage_rule():
 FORWARD = jax.jit(lm.forward, static_argnames=("cfg", "empty_id"))
 
 
-def assert_same_forward(params, at_load, ids, cfg, special, dtype) -> None:
-    """lm.forward on weights as stored and on weights upcast at load: every output bit-identical, in ``dtype``."""
+def assert_same_forward(params, at_load, ids, cfg, special, dtype, *, atol: float = 0.0) -> None:
+    """lm.forward on weights as stored and on weights upcast at load: every output in ``dtype``, equal within
+    ``atol`` (0: bit-identical)."""
     stored = FORWARD(params, ids, cfg=cfg, empty_id=special.empty)
     loaded = FORWARD(at_load, ids, cfg=cfg, empty_id=special.empty)
     for a, b in zip(stored, loaded, strict=True):
         assert a.dtype == dtype
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=atol)
+
+
+# bf16-held weights under float32 compute: the upcast is exact, but XLA may fuse a weight's conversion into the
+# kernel that consumes it and sum in another order. Measured: bit-identical on a Xeon (AVX-512); on an AMD EPYC
+# (AVX2) the patch encoder's outputs, hence the embeddings and everything after, differ by up to 6e-7 (values of
+# order 1). Bound: a few float32 ulps of order-1 values, a thousand times below the golden tolerances.
+BF16_HELD_ATOL = 4e-6
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +93,9 @@ def test_bf16_checkpoint_stays_bf16_and_equals_upcast_at_load(bf16_lm):
     ids[0, 0, 3 * g :] = special.empty  # half text groups, half speech groups
     for ch, empty in enumerate(cfg.speech_empty_ids):
         ids[0, ch + 1] = rng.integers(0, empty + 1, 6 * g)
-    assert_same_forward(params, at_load, ids, cfg, special, jnp.float32)
+    assert_same_forward(params, at_load, ids, cfg, special, jnp.float32, atol=BF16_HELD_ATOL)
+    # one group: the backbone and heads see a single row, the form layers.linear writes as x @ W.T
+    assert_same_forward(params, at_load, ids[..., :g], cfg, special, jnp.float32, atol=BF16_HELD_ATOL)
     run = dict(max_new_groups=4, stop_tokens=())
     np.testing.assert_array_equal(
         generate.generate(params, cfg, special, ids[0], **run).ids,
