@@ -160,9 +160,9 @@ def at_use(tree, dtype, after: jax.Array):
 
     Exactness: the converted values equal upcasting at load bit for bit. The LM's ids are identical and its
     outputs agree within float32 rounding (bit-identical on a Xeon, up to 6e-7 on an AMD EPYC where XLA fuses some
-    conversions into their consumers; ``tests/test_precision.py``); in the audio tokenizer, XLA fuses some conversions into the norms that consume
-    them and the fused code may round a result differently (measured: 7e-7 max abs on the decoder's coarse mel,
-    1.3e-7 on the waveform; codes identical).
+    conversions into their consumers; ``tests/test_precision.py``); in the audio tokenizer, XLA fuses some
+    conversions into the norms that consume them and the fused code may round a result differently (measured: 7e-7
+    max abs on the decoder's coarse mel, 1.3e-7 on the waveform; codes identical).
     """
     if not any(narrower(leaf.dtype, dtype) for leaf in jax.tree_util.tree_leaves(tree)):
         return tree
