@@ -35,21 +35,8 @@ def compute_dtype(dtype) -> jnp.dtype:
 
 
 def linear(params: Params, x: jax.Array) -> jax.Array:
-    """``nn.Linear``: ``x @ W.T (+ b)``. x ``[..., in]``, weight ``[out, in]``, bias ``[out]`` -> ``[..., out]``.
-
-    One row (a decode step at batch 1) is written ``x @ W.T`` (``jnp.matmul``, which first upcasts a narrower weight
-    to the dtype of ``x``); more rows ``einsum("...I,OI->...O")``. Same product, two forms because XLA's CPU backend
-    compiles them differently: for one row, ``x @ W.T`` becomes a loop fusion that upcasts a bfloat16 weight inside
-    the product and reads the stored bytes once (the 151680 x 512 text head: 9-10 ms, against 160-190 ms through
-    the einsum, which writes a float32 copy of the weight first; float32 weights 18-20 ms either way), while for
-    several rows the einsum is the library product that upcasting at load also uses, so bf16-held weights give
-    results bit-identical to float32-held ones (tests/test_precision.py; docs/performance.md).
-    """
-    w = params["weight"]
-    if math.prod(x.shape[:-1]) == 1:
-        y = x @ w.T  # [..., I] @ [I, O] -> [..., O]
-    else:
-        y = jnp.einsum("...I,OI->...O", x, w)  # [..., I] -> [..., O]
+    """``nn.Linear``: ``x @ W.T (+ b)``. x ``[..., in]``, weight ``[out, in]``, bias ``[out]`` -> ``[..., out]``."""
+    y = jnp.einsum("...I,OI->...O", x, params["weight"])  # [..., I] -> [..., O]
     if "bias" in params:
         y = y + params["bias"]
     return y

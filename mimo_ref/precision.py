@@ -159,10 +159,11 @@ def at_use(tree, dtype, after: jax.Array):
     for the model, an out-of-memory error on a 24 GB machine); with the cond, 0.8 GB whatever the depth.
 
     Exactness: the converted values equal upcasting at load bit for bit. The LM's ids are identical and its
-    outputs agree within float32 rounding (bit-identical on a Xeon, up to 6e-7 on an AMD EPYC where XLA fuses some
-    conversions into their consumers; ``tests/test_precision.py``); in the audio tokenizer, XLA fuses some
-    conversions into the norms that consume them and the fused code may round a result differently (measured: 7e-7
-    max abs on the decoder's coarse mel, 1.3e-7 on the waveform; codes identical).
+    outputs agree within float32 rounding (bit-identical on a Xeon, up to 6e-7 on an AMD EPYC, in the patch
+    encoder's output: XLA compiles that stack differently for bf16-held weights; ``tests/test_precision.py``); in
+    the audio tokenizer, XLA fuses some conversions into the norms that consume them and the fused code may round
+    a result differently (measured: 7e-7 max abs on the decoder's coarse mel, 1.3e-7 on the waveform; codes
+    identical).
     """
     if not any(narrower(leaf.dtype, dtype) for leaf in jax.tree_util.tree_leaves(tree)):
         return tree

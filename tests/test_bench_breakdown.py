@@ -56,7 +56,7 @@ def test_bench_without_breakdown_has_no_stage_keys(capsys):
 
 def test_floor_reads_every_stored_value_once():
     # read_once touches every element: its result is the sum of the weight (times 1 + start), float32 or bf16-held;
-    # a bf16 weight is upcast inside the product (as layers.linear does), never multiplied in bfloat16
+    # a bf16 weight is read as stored (a fused sum of its upcast), not through a bf16 matrix product
     rng = np.random.default_rng(0)
     w32 = rng.standard_normal((48, 16)).astype(np.float32)
     w16 = jnp.asarray(w32, jnp.bfloat16)

@@ -94,7 +94,7 @@ def test_bf16_checkpoint_stays_bf16_and_equals_upcast_at_load(bf16_lm):
     for ch, empty in enumerate(cfg.speech_empty_ids):
         ids[0, ch + 1] = rng.integers(0, empty + 1, 6 * g)
     assert_same_forward(params, at_load, ids, cfg, special, jnp.float32, atol=BF16_HELD_ATOL)
-    # one group: the backbone and heads see a single row, the form layers.linear writes as x @ W.T
+    # one group: the backbone and heads see a single row, as in a decode step
     assert_same_forward(params, at_load, ids[..., :g], cfg, special, jnp.float32, atol=BF16_HELD_ATOL)
     run = dict(max_new_groups=4, stop_tokens=())
     np.testing.assert_array_equal(
