@@ -278,7 +278,8 @@ def run_bench(
 
 
 def breakdown_keys(params, prefill_compiled, args, st, per_group: float, repeats: int) -> dict:
-    """The ``--breakdown`` keys: each stage of a group step jitted alone on this run's prefill state, and the floor."""
+    """The ``--breakdown`` keys: each stage of a group step timed in its own loop on this run's prefill state, and the
+    floor."""
     log.info("timing the stages of a group step and the weight-read floor ...")
     _, ids, pads, min_length, keys = args
     state = prefill_compiled(params, ids, pads)

@@ -2,7 +2,8 @@
 
 ``mimo-ref bench --breakdown`` adds these keys to the benchmark (:data:`JSON_KEYS`; docs/performance.md). Each
 stage of :func:`mimo_ref.generate.group_step` is jitted alone, on the shapes and params of the same run (the state
-after the benchmark's own prefill), and timed (median of ``repeats`` runs after one warm-up):
+after the benchmark's own prefill), inside a ``fori_loop`` as the decode loop runs it, and timed per iteration
+(:func:`timed_stage`: calls of ``1 + LOOP_ITERS`` and of 1 iterations, medians of ``repeats`` after a warm-up):
 
 - ``embed``: :func:`mimo_ref.lm.input_embeds` of one speech group (speech embeddings, patch encoder, downcast);
 - ``backbone``: :func:`mimo_ref.lm.backbone` on that one position with the run's KV cache (written at the next slot);
@@ -36,10 +37,11 @@ import jax.numpy as jnp
 from mimo_ref import generate, lm
 
 JSON_KEYS = {
-    "stage_embed_s": "breakdown (--breakdown): input embedding of one speech group, jitted alone (median)",
-    "stage_backbone_s": "breakdown: the backbone on one group with the run's KV cache, jitted alone (median)",
-    "stage_heads_text_s": "breakdown: lm_head, the patch-decoder input and the text token, jitted alone (median)",
-    "stage_patch_decoder_s": "breakdown: the patch decoder, all its steps, jitted alone (median)",
+    "stage_embed_s": "breakdown (--breakdown): input embedding of one speech group, in its own loop, per iteration",
+    "stage_backbone_s": "breakdown: the backbone on one group with the run's KV cache, in its own loop, per iteration",
+    "stage_heads_text_s": "breakdown: lm_head, the patch-decoder input and the text token, in its own loop, per "
+    "iteration",
+    "stage_patch_decoder_s": "breakdown: the patch decoder, all its steps, in its own loop, per iteration",
     "stage_loop_overhead_s": "breakdown: s_per_group minus the four stages (sampling keys, the group write, the stop "
     "rule, the conds, copies); negative when the loop overlaps stages better than they run alone",
     "per_group_weight_bytes": "breakdown: bytes of the weights one decode step reads (all but the gathered tables)",
@@ -142,29 +144,93 @@ def speech_group(state: generate.DecodeState, st: generate.StepStatic) -> jax.Ar
     return group.at[:, 0].set(st.special.empty)
 
 
-@functools.partial(jax.jit, static_argnames=("st",))
-def embed_stage(params, group, *, st: generate.StepStatic):
+LOOP_ITERS = 8  # a stage is timed as (a call of 1 + LOOP_ITERS iterations - a call of 1) / LOOP_ITERS
+
+
+def nan_flag(tree) -> jax.Array:
+    """``[]`` float32: 1.0 if any value of ``tree`` is NaN, else 0.0. Added to a stage's next input so that each
+    iteration depends on the last (XLA may not hoist a stage out of its timing loop) without changing values."""
+    total = sum(jnp.sum(leaf.astype(jnp.float32)) for leaf in jax.tree_util.tree_leaves(tree))
+    return jnp.isnan(total).astype(jnp.float32)
+
+
+def stage_loop(body, carry, iters: jax.Array):
+    """``body`` run ``iters`` times in a ``fori_loop``, as the decode loop runs a stage: inside a ``lax.cond`` (the
+    decode loop's step is one), so XLA hoists nothing of it out of the loop (outside a conditional it would hoist
+    the float32 copy of a bfloat16 weight, which the decode loop makes at every step), and with a carried KV cache
+    updated in place. The carry's first leaf is the stage's activation input; ``iters`` ``[]`` int32 is traced (one
+    compilation for every count). -> the last carry."""
+    go = lambda c: nan_flag(jax.tree_util.tree_leaves(c)[0]) == 0  # noqa: E731  true (the activation is finite)
+    return jax.lax.fori_loop(0, iters, lambda _, c: jax.lax.cond(go(c), body, lambda c: c, c), carry)
+
+
+def timed_stage(stage, repeats: int) -> float:
+    """Seconds of one iteration of ``stage(iters=...)`` inside its loop: the difference of the median calls of
+    ``1 + LOOP_ITERS`` and of 1 iterations, over ``LOOP_ITERS``, so what a call costs once (dispatch, and
+    allocating its outputs and temporaries afresh) cancels, as it does in the benchmark's ``s_per_group``. On a CPU
+    that allocation costs a page fault per 4 KB touched (measured: 44k faults, 84-101 ms, for one 180 MB float32
+    output); a stage with a large temporary (a bfloat16 weight's float32 copy, a KV cache) timed call by call would
+    count it at every call, the decode loop once. A stage cheaper than the timing noise can come out slightly
+    negative."""
+    many = timed(lambda: stage(iters=jnp.int32(1 + LOOP_ITERS)), repeats)
+    return (many - timed(lambda: stage(iters=jnp.int32(1)), repeats)) / LOOP_ITERS
+
+
+def embed(params, group, st: generate.StepStatic) -> jax.Array:
     return lm.input_embeds(params, group, cfg=st.cfg, empty_id=st.special.empty)  # [B, C+1, G] -> [B, 1, D]
 
 
-@functools.partial(jax.jit, static_argnames=("st",))
-def backbone_stage(params, embeds, positions, cache, key_valid, *, st: generate.StepStatic):
-    hidden, cache = lm.backbone(
+def backbone(params, embeds, positions, cache, key_valid, st: generate.StepStatic):
+    return lm.backbone(
         params, embeds, positions, cfg=st.cfg, cache=cache, write_pos=st.prompt_slots, key_valid=key_valid
-    )  # [B, 1, D] -> [B, 1, D]
-    return hidden, cache
+    )  # [B, 1, D] -> [B, 1, D], the cache written at the next slot
 
 
-@functools.partial(jax.jit, static_argnames=("st",))
-def heads_text_stage(params, hidden, cur_len, min_length, keys, *, st: generate.StepStatic):
+def heads_text(params, hidden, cur_len, min_length, keys, st: generate.StepStatic):
     logits, local_hidden = lm.heads(params, hidden[:, -1])  # [B, D] -> [B, V], [B, Dl]
     return generate.text_token(logits, cur_len, min_length, keys, st=st), local_hidden  # -> [B], [B, Dl]
 
 
 @functools.partial(jax.jit, static_argnames=("st",))
-def patch_decoder_stage(params, tables, local_hidden, keys, *, st: generate.StepStatic):
+def stage_inputs(params, group, positions, cache, key_valid, *, st: generate.StepStatic):
+    """The embedded group and the backbone's output on it: the inputs of the later stages. -> [B, 1, D] x 2."""
+    embeds = embed(params, group, st)
+    return embeds, backbone(params, embeds, positions, cache, key_valid, st)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("st",))
+def embed_stage(params, group, *, iters: jax.Array, st: generate.StepStatic):
+    return stage_loop(lambda group: group + nan_flag(embed(params, group, st)).astype(group.dtype), group, iters)
+
+
+@functools.partial(jax.jit, static_argnames=("st",))
+def backbone_stage(params, embeds, positions, cache, key_valid, *, iters: jax.Array, st: generate.StepStatic):
+    def body(carry):
+        embeds, cache = carry
+        hidden, cache = backbone(params, embeds, positions, cache, key_valid, st)
+        return embeds + nan_flag(hidden).astype(embeds.dtype), cache
+
+    return stage_loop(body, (embeds, cache), iters)
+
+
+@functools.partial(jax.jit, static_argnames=("st",))
+def heads_text_stage(params, hidden, cur_len, min_length, keys, *, iters: jax.Array, st: generate.StepStatic):
+    def body(hidden):
+        out = heads_text(params, hidden, cur_len, min_length, keys, st)
+        return hidden + nan_flag(out).astype(hidden.dtype)
+
+    return stage_loop(body, hidden, iters)
+
+
+@functools.partial(jax.jit, static_argnames=("st",))
+def patch_decoder_stage(params, tables, local_hidden, keys, *, iters: jax.Array, st: generate.StepStatic):
     choose = lm.channel_sampler(st.speech_sampler, cfg=st.cfg)
-    return lm.patch_decoder(params, local_hidden, choose, keys, cfg=st.cfg, tables=tables)  # -> [B, G, C]
+
+    def body(local_hidden):
+        tokens = lm.patch_decoder(params, local_hidden, choose, keys, cfg=st.cfg, tables=tables)  # -> [B, G, C]
+        return local_hidden + nan_flag(tokens).astype(local_hidden.dtype)
+
+    return stage_loop(body, local_hidden, iters)
 
 
 def breakdown(params, state, pads, min_length, keys, *, st: generate.StepStatic, s_per_group: float, repeats: int):
@@ -175,16 +241,17 @@ def breakdown(params, state, pads, min_length, keys, *, st: generate.StepStatic,
     cur_len = (st.prompt_slots - pads).astype(jnp.int32)  # [B] groups before the first new one
     positions = cur_len[:, None]  # [B, 1]
     text_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)  # [B]
-    embeds = embed_stage(params, group, st=st)
-    hidden, _ = backbone_stage(params, embeds, positions, state.cache, state.key_valid, st=st)
+    embeds, hidden = stage_inputs(params, group, positions, state.cache, state.key_valid, st=st)
     stages = {
-        "embed": timed(lambda: embed_stage(params, group, st=st), repeats),
-        "backbone": timed(
-            lambda: backbone_stage(params, embeds, positions, state.cache, state.key_valid, st=st), repeats
+        "embed": timed_stage(functools.partial(embed_stage, params, group, st=st), repeats),
+        "backbone": timed_stage(
+            functools.partial(backbone_stage, params, embeds, positions, state.cache, state.key_valid, st=st), repeats
         ),
-        "heads_text": timed(lambda: heads_text_stage(params, hidden, cur_len, min_length, text_keys, st=st), repeats),
-        "patch_decoder": timed(
-            lambda: patch_decoder_stage(params, tables, state.local_hidden, text_keys, st=st), repeats
+        "heads_text": timed_stage(
+            functools.partial(heads_text_stage, params, hidden, cur_len, min_length, text_keys, st=st), repeats
+        ),
+        "patch_decoder": timed_stage(
+            functools.partial(patch_decoder_stage, params, tables, state.local_hidden, text_keys, st=st), repeats
         ),
     }
     weights = per_group_weights(params)

@@ -23,7 +23,7 @@ import pytest
 import soundfile as sf
 from safetensors.numpy import save_file
 
-from mimo_ref import bench, cli, pipeline
+from mimo_ref import bench, bench_breakdown, cli, pipeline
 from mimo_ref.checkpoint import CheckpointError, SafetensorsFile
 from mimo_ref.checks import InputError, fold_seed
 from mimo_ref.outputs import atomic_outputs
@@ -351,6 +351,7 @@ def test_bench_reports_stages_and_documents_every_key(capsys):
         assert stage in err  # stage messages as it runs
     undocumented = set(result) - set(bench.JSON_KEYS)
     assert not undocumented, f"bench keys missing from bench.JSON_KEYS: {undocumented}"
+    assert not set(bench_breakdown.JSON_KEYS) & set(result)  # the stages and the floor only with --breakdown
     page = (DOCS / "generation.md").read_text()
     assert [k for k in bench.JSON_KEYS if f"`{k}`" not in page] == []
     with pytest.raises(SystemExit):
