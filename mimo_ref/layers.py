@@ -34,9 +34,59 @@ def compute_dtype(dtype) -> jnp.dtype:
     return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
 
 
+def one_float32_row(x: jax.Array) -> bool:
+    """Whether ``x`` is a single float32 row (``[I]``, ``[1, I]``, ``[1, 1, I]``, ...) on the CPU backend: what every
+    product of a decode step at batch 1 sees under the default float32 compute."""
+    return math.prod(x.shape[:-1]) == 1 and x.dtype == jnp.float32 and jax.default_backend() == "cpu"
+
+
+def narrow_weight_row(x: jax.Array, w: jax.Array) -> bool:
+    """Whether ``linear`` takes the one-row form: one float32 row on CPU against a bfloat16-held weight.
+
+    That is a decode step's product with a real (bfloat16) checkpoint's weight under float32 compute. There XLA's
+    CPU einsum first writes a float32 copy of the whole weight, then reads it: 4 + 4 bytes per entry besides the 2
+    stored (the 11008 x 4096 MLP product 17.4 ms against 7.0 ms in the one-row form, which fuses the upcast into
+    the one read; docs/performance.md, "Products of one row with a narrower weight"). Several rows, float32 or
+    float64 weights, float64 compute and other backends keep the einsum.
+    """
+    return one_float32_row(x) and w.dtype == jnp.bfloat16
+
+
+# A block of bfloat16 weights at least this large is read in place by one row rather than upcast first (measured,
+# docs/performance.md "Products of one row with a narrower weight": smaller blocks' float32 copies stay in cache).
+IN_PLACE_MIN_BYTES = 8 << 20
+
+
+def reads_in_place(tree, x: jax.Array) -> bool:
+    """Whether a block of weights (one transformer layer) meeting ``x`` is used as stored rather than upcast first.
+
+    True where ``x`` is one float32 row on CPU, every weight held in another dtype is bfloat16 and those weigh at
+    least ``IN_PLACE_MIN_BYTES``: each product then takes ``linear``'s one-row form (``narrow_weight_row``) and
+    norm scales and biases follow type promotion, so the block needs no upcast copy (``mimo_ref/lm.py::qwen_stack``
+    skips ``precision.at_use`` for it). The results are the same sums in another float32 order.
+    """
+    narrow = [leaf for leaf in jax.tree_util.tree_leaves(tree) if leaf.dtype != x.dtype]
+    return (
+        one_float32_row(x)
+        and all(leaf.dtype == jnp.bfloat16 for leaf in narrow)
+        and sum(leaf.size * leaf.dtype.itemsize for leaf in narrow) >= IN_PLACE_MIN_BYTES
+    )
+
+
 def linear(params: Params, x: jax.Array) -> jax.Array:
-    """``nn.Linear``: ``x @ W.T (+ b)``. x ``[..., in]``, weight ``[out, in]``, bias ``[out]`` -> ``[..., out]``."""
-    y = jnp.einsum("...I,OI->...O", x, params["weight"])  # [..., I] -> [..., O]
+    """``nn.Linear``: ``x @ W.T (+ b)``. x ``[..., in]``, weight ``[out, in]``, bias ``[out]`` -> ``[..., out]``.
+
+    The weight is upcast to the compute dtype by type promotion (a bfloat16 weight under float32 compute is
+    exact in float32). The same sum is computed in one of two forms (``narrow_weight_row``): the einsum, or,
+    for one float32 row against a bfloat16 weight on CPU, the elementwise product summed over ``I``, which
+    reads the narrow weight once; the two differ only in float32 summation order.
+    """
+    w = params["weight"]
+    if narrow_weight_row(x, w):
+        y = jnp.sum(w.astype(x.dtype) * x.reshape(-1), axis=-1)  # [O, I] * [I] -> [O]
+        y = y.reshape(*x.shape[:-1], w.shape[0])  # [O] -> [..., O] (the leading dims are all 1)
+    else:
+        y = jnp.einsum("...I,OI->...O", x, w)  # [..., I] -> [..., O]
     if "bias" in params:
         y = y + params["bias"]
     return y

@@ -190,7 +190,8 @@ def qwen_stack(
     cos, sin = layers.rope_tables(positions, head_dim=cfg.head_dim, theta=cfg.rope_theta, dtype=x.dtype)
     new_cache = [] if cache is not None else None
     for i, layer_params in enumerate(params["layers"]):
-        layer_params = at_use(layer_params, x.dtype, x)  # bf16-stored weights upcast per layer (precision.py)
+        if not layers.reads_in_place(layer_params, x):  # one row: bf16 weights read as stored (layers.linear)
+            layer_params = at_use(layer_params, x.dtype, x)  # bf16-stored weights upcast per layer (precision.py)
         layer_cache = cache[i] if cache is not None else None
         x, layer_cache = qwen_layer(layer_params, x, cos, sin, mask, cfg=cfg, cache=layer_cache, write_pos=write_pos)
         tap(f"{name}.layer{i}", x)

@@ -9,9 +9,11 @@
   weight to bfloat16 at load whatever the checkpoint holds (what the official ``MimoAudio`` wrapper does).
 
 A weight held narrower than the compute dtype is upcast **at use** (type promotion in ``x @ W``, or an explicit
-``astype`` where promotion alone would not reach the compute dtype). Upcasting bfloat16 (or float32) to a wider
-float is exact, so results equal upcasting every weight at load (ids identical; values within float32 rounding,
-where XLA fuses a conversion into the kernel that consumes it), with half (or a quarter) of the resident memory.
+``astype`` where promotion alone would not reach the compute dtype; a single float32 row on CPU reads a bfloat16
+weight in place, the upcast fused into the product: ``mimo_ref/layers.py::narrow_weight_row``). Upcasting
+bfloat16 (or float32) to a wider float is exact, so results equal upcasting every weight at load (ids identical;
+values within float32 rounding, where XLA fuses a conversion into the kernel that consumes it, or sums a one-row
+product in another order), with half (or a quarter) of the resident memory.
 ``tests/test_precision.py`` checks it.
 
 - **buffers** (``bf16_buffers``): the official wrapper's ``.bfloat16()`` on the audio tokenizer also rounds its
@@ -157,6 +159,9 @@ def at_use(tree, dtype, after: jax.Array):
     ``optimization_barrier``, which XLA's CPU pipeline drops), XLA schedules every layer's conversion at the start
     and keeps them all: measured with the 7B shapes, 0.71 GB more temporary memory per backbone layer (28.5 GB
     for the model, an out-of-memory error on a 24 GB machine); with the cond, 0.8 GB whatever the depth.
+
+    Not used for a layer that one float32 row reads in place on CPU (``mimo_ref/layers.py::reads_in_place``: a
+    decode step at batch 1 with at least 8 MiB of bfloat16 weights in the layer), where the products fuse the upcast.
 
     Exactness: the converted values equal upcasting at load bit for bit. The LM's ids are identical and its
     outputs agree within float32 rounding (bit-identical on a Xeon, up to 6e-7 on an AMD EPYC, in the patch

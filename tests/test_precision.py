@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from mimo_ref import audio, generate, lm
+from mimo_ref import audio, generate, layers, lm
+from mimo_ref.config import QwenStackConfig
 from mimo_ref.precision import PRESETS, Precision, param_bytes, resolve_precision, upcast
 
 ROOT = Path(__file__).parents[1] / "weights"
@@ -101,6 +102,81 @@ def test_bf16_checkpoint_stays_bf16_and_equals_upcast_at_load(bf16_lm):
         generate.generate(params, cfg, special, ids[0], **run).ids,
         generate.generate(at_load, cfg, special, ids[0], **run).ids,
     )
+
+
+@pytest.mark.parametrize("lead", [(), (1,), (1, 1)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_row_product_of_a_bf16_weight_equals_the_einsum_of_its_upcast(lead, bias):
+    """``layers.linear``'s one-row form (one float32 row, bfloat16 weight, CPU) against the einsum of the weight
+    upcast to float32: equal within the float32 rounding of a sum over I (both sum exact products of the same
+    values, in different orders), same shape; several rows and float32 weights keep the einsum."""
+    rng = np.random.default_rng(1)
+    o, i = 37, 300
+    w = jnp.asarray(rng.standard_normal((o, i)), jnp.bfloat16)
+    x = jnp.asarray(rng.standard_normal((*lead, i)), jnp.float32)
+    params = {"weight": w} | ({"bias": jnp.asarray(rng.standard_normal(o), jnp.float32)} if bias else {})
+    assert layers.narrow_weight_row(x, w) == (jax.default_backend() == "cpu")
+    assert not layers.narrow_weight_row(jnp.concatenate([x[None], x[None]]), w)  # two rows
+    assert not layers.narrow_weight_row(x, w.astype(jnp.float32))  # weight as wide as x
+
+    got = jax.jit(layers.linear)(params, x)
+    w32 = np.asarray(w.astype(jnp.float32), np.float64)
+    exact = np.einsum("...I,OI->...O", np.asarray(x, np.float64), w32) + (np.asarray(params["bias"]) if bias else 0)
+    assert got.shape == (*lead, o) and got.dtype == jnp.float32
+    # |float32 sum - exact| <= I * eps * sum_i |w_oi x_i| (+ the bias addition's rounding)
+    bound = i * np.finfo(np.float32).eps * (np.abs(np.asarray(x, np.float64)) @ np.abs(w32).T + np.abs(exact))
+    assert np.all(np.abs(np.asarray(got, np.float64) - exact) <= bound)
+    einsum = jnp.einsum("...I,OI->...O", x, w.astype(jnp.float32)) + (params["bias"] if bias else 0)
+    assert np.all(np.abs(np.asarray(got - einsum, np.float64)) <= 2 * bound)
+
+
+def test_one_row_through_a_large_bf16_layer_reads_it_in_place():
+    """A transformer layer of bfloat16 weights of at least ``IN_PLACE_MIN_BYTES`` meeting one float32 row skips the
+    per-layer upcast (``layers.reads_in_place``): its output equals the layer on weights upcast at load within
+    float32 rounding. Several rows, or a smaller layer, are upcast first as before."""
+    d, f, heads, kv = 512, 2816, 8, 2
+    cfg = QwenStackConfig(
+        hidden_size=d, num_layers=1, num_heads=heads, num_kv_heads=kv, head_dim=d // heads, intermediate_size=f,
+        rope_theta=1e4, rms_norm_eps=1e-6,
+    )  # fmt: skip
+    rng = np.random.default_rng(2)
+
+    def w(*shape, scale=0.05, offset=0.0):
+        return jnp.asarray(offset + scale * rng.standard_normal(shape), jnp.bfloat16)
+
+    hd = d // heads
+    layer = {
+        "input_layernorm": {"weight": w(d, offset=1.0)},
+        "post_attention_layernorm": {"weight": w(d, offset=1.0)},
+        "self_attn": {
+            "q_proj": {"weight": w(heads * hd, d), "bias": w(heads * hd)},
+            "k_proj": {"weight": w(kv * hd, d), "bias": w(kv * hd)},
+            "v_proj": {"weight": w(kv * hd, d), "bias": w(kv * hd)},
+            "o_proj": {"weight": w(d, heads * hd)},
+        },
+        "mlp": {"gate_proj": {"weight": w(f, d)}, "up_proj": {"weight": w(f, d)}, "down_proj": {"weight": w(d, f)}},
+    }
+    params = {"layers": [layer], "norm": {"weight": w(d, offset=1.0)}}
+    x = jnp.asarray(rng.standard_normal((1, 1, d)), jnp.float32)
+    on_cpu = jax.default_backend() == "cpu"
+    assert param_bytes(layer) >= layers.IN_PLACE_MIN_BYTES
+    assert layers.reads_in_place(layer, x) == on_cpu
+    assert not layers.reads_in_place(layer, jnp.concatenate([x, x], axis=1))  # two rows: upcast first
+    assert not layers.reads_in_place(upcast(layer, jnp.float32), x)  # nothing narrower to read
+    small = jax.tree_util.tree_map(lambda a: a[..., :8] if a.ndim == 2 else a, layer)
+    assert not layers.reads_in_place(small, x[..., :8])  # below IN_PLACE_MIN_BYTES: upcast first
+
+    def run(p, x):
+        return lm.qwen_stack(
+            p, x, jnp.zeros((1, x.shape[1]), jnp.int32), jnp.ones((1, x.shape[1], x.shape[1]), bool), cfg=cfg
+        )[0]
+
+    stored = np.asarray(jax.jit(run)(params, x), np.float64)
+    loaded = np.asarray(jax.jit(run)(upcast(params, jnp.float32), x), np.float64)
+    assert stored.shape == (1, 1, d)
+    # Same sums of exact products in another float32 order: relative error of order sqrt(F) * eps (5e-6 here),
+    # far below bfloat16 rounding of any operand (4e-3), which a wrong form would show.
+    assert np.linalg.norm(stored - loaded) <= 2e-5 * np.linalg.norm(loaded)
 
 
 def test_float64_compute_keeps_float32_weights_and_equals_upcast_at_load():
