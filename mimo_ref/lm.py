@@ -314,7 +314,7 @@ def backbone(
 
 def heads(params: Params, last_hidden: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Text logits and patch-decoder input from the last hidden state ``[B, D]`` -> (``[B, V]``, ``[B, Dl]``)."""
-    logits = tap("lm.text_logits", layers.linear(params["lm_head"], last_hidden))  # [B, D] -> [B, V]
+    logits = tap("lm.text_logits", layers.text_head(params["lm_head"], last_hidden))  # [B, D] -> [B, V]
     local_hidden = layers.linear(params["hidden_states_downcast"], last_hidden)  # [B, D] -> [B, Dl]
     return logits, tap("lm.local_hidden", local_hidden)
 

@@ -130,6 +130,23 @@ def test_one_row_product_of_a_bf16_weight_equals_the_einsum_of_its_upcast(lead, 
     assert np.all(np.abs(np.asarray(got - einsum, np.float64)) <= 2 * bound)
 
 
+@pytest.mark.parametrize("lead", [(1,), (2,), (8,), (2, 4), (32,), (33,)])
+@pytest.mark.parametrize("held", [jnp.float32, jnp.bfloat16])
+def test_text_head_equals_the_exact_product_for_any_row_count(lead, held):
+    """``layers.text_head`` (the rows-inner form for 2-32 float32 rows on CPU, ``linear`` otherwise) against the
+    float64 product of the same values: within the float32 rounding of a sum over D, same shape and dtype."""
+    rng = np.random.default_rng(3)
+    v, d = 1000, 96
+    w = jnp.asarray(rng.standard_normal((v, d)), held)
+    x = jnp.asarray(rng.standard_normal((*lead, d)), jnp.float32)
+    got = jax.jit(layers.text_head)({"weight": w}, x)
+    assert got.shape == (*lead, v) and got.dtype == jnp.float32
+    w64, x64 = np.asarray(w.astype(jnp.float32), np.float64), np.asarray(x, np.float64)
+    exact = np.einsum("...I,OI->...O", x64, w64)
+    bound = d * np.finfo(np.float32).eps * np.einsum("...I,OI->...O", np.abs(x64), np.abs(w64))
+    assert np.all(np.abs(np.asarray(got, np.float64) - exact) <= bound)
+
+
 def test_one_row_through_a_large_bf16_layer_reads_it_in_place():
     """A transformer layer of bfloat16 weights of at least ``IN_PLACE_MIN_BYTES`` meeting one float32 row skips the
     per-layer upcast (``layers.reads_in_place``): its output equals the layer on weights upcast at load within
