@@ -219,12 +219,14 @@ def run_bench(
     prompts = [speech_prompt(cfg, special, prompt_groups, seed + b) for b in range(batch)]
     local_sampler = sampling.task_samplers("tts")[1]
 
-    def compiled(groups: int):
+    def compiled(groups: int, *, text_only: bool = False):
         st, ids, pads, min_length, keys, _ = generate.prepare(
             cfg, special, prompts, max_new_groups=groups, min_new_groups=0, stop_tokens=(),
             text_sampler=sampling.GREEDY, speech_sampler=local_sampler, key=jax.random.key(seed),
             prompt_bucket=PROMPT_BUCKET,
         )  # fmt: skip
+        if text_only:
+            st = bench_breakdown.text_groups_only(st)
         t0 = time.perf_counter()
         if mesh is not None:  # rows over the data axis; the params carry their own shardings
             rows = sharding.batch_sharding(mesh)
@@ -245,12 +247,7 @@ def run_bench(
 
     log.info("timing: prefill, then generate of %d and of 1 groups, %d runs each ...", new_groups, repeats)
     prefill_s = timed(lambda: jax.block_until_ready(prefill_compiled(params, args_full[1], args_full[2])), repeats)
-    new, n_new = jax.block_until_ready(gen_full(*args_full))
-    generated = int(np.asarray(n_new).min())
-    total_s = timed(lambda: jax.block_until_ready(gen_full(*args_full)), repeats)
-    one_s = timed(lambda: jax.block_until_ready(gen_one(*args_one)), repeats)
-    # steady state: what the extra groups cost beyond the 1-group run (same prefill, same compile-free path)
-    per_group = (total_s - one_s) / max(generated - 1, 1)
+    new, generated, total_s, one_s, per_group = step_seconds(gen_full, args_full, gen_one, args_one, repeats)
     speech_groups = int(np.sum(np.asarray(new)[:, :generated, 0, 0] == special.empty))
     return {
         "source": source,
@@ -274,18 +271,34 @@ def run_bench(
         "repeats": repeats,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
-    } | (breakdown_keys(params, prefill_compiled, args_full, st, per_group, repeats) if breakdown else {})
+    } | (breakdown_keys(params, prefill_compiled, args_full, st, per_group, repeats, compiled) if breakdown else {})
 
 
-def breakdown_keys(params, prefill_compiled, args, st, per_group: float, repeats: int) -> dict:
-    """The ``--breakdown`` keys: each stage of a group step timed in its own loop on this run's prefill state, and the
-    floor."""
+def step_seconds(gen_full, args_full, gen_one, args_one, repeats: int):
+    """Time compiled generate calls of N groups and of 1 group. -> (the N-group call's groups, groups generated,
+    its seconds, the 1-group call's seconds, steady-state seconds per group)."""
+    new, n_new = jax.block_until_ready(gen_full(*args_full))
+    generated = int(np.asarray(n_new).min())
+    total_s = timed(lambda: jax.block_until_ready(gen_full(*args_full)), repeats)
+    one_s = timed(lambda: jax.block_until_ready(gen_one(*args_one)), repeats)
+    # steady state: what the extra groups cost beyond the 1-group run (same prefill, same compile-free path)
+    return new, generated, total_s, one_s, (total_s - one_s) / max(generated - 1, 1)
+
+
+def breakdown_keys(params, prefill_compiled, args, st, per_group: float, repeats: int, compiled) -> dict:
+    """The ``--breakdown`` keys: the same loop with every group a text group (``compiled(groups, text_only=True)``),
+    each stage of a group step timed in its own loop on this run's prefill state, and the floor."""
+    log.info("timing the loop with text groups only (the patch decoder skipped) ...")
+    text_full, text_args_full, _, _ = compiled(st.max_new_groups, text_only=True)
+    text_one, text_args_one, _, _ = compiled(1, text_only=True)
+    *_, per_text_group = step_seconds(text_full, text_args_full, text_one, text_args_one, repeats)
     log.info("timing the stages of a group step and the weight-read floor ...")
     _, ids, pads, min_length, keys = args
     state = prefill_compiled(params, ids, pads)
     return bench_breakdown.breakdown(
-        params, state, pads, min_length, keys, st=st, s_per_group=per_group, repeats=max(5 * repeats, 10)
-    )
+        params, state, pads, min_length, keys, st=st, s_per_group=per_group, repeats=max(5 * repeats, 10),
+        s_per_text_group=per_text_group,
+    )  # fmt: skip
 
 
 def main_json(**kwargs) -> str:

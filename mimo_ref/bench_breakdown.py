@@ -13,6 +13,11 @@ after the benchmark's own prefill), inside a ``fori_loop`` as the decode loop ru
 - ``loop_overhead``: the benchmark's ``s_per_group`` (a step inside the jitted while_loop) minus the four stages.
   Negative when XLA overlaps or fuses stages inside the loop better than they run alone.
 
+A stage alone can run faster than inside the step, where the others have evicted its weights from the caches. So
+the patch decoder is also measured in place: ``s_per_text_group`` is the benchmark's own loop (same prompts, same
+compiled program but for the <|empty|> id) with every group a text group, which skips the patch decoder, and
+``patch_decoder_in_loop_s`` the difference to ``s_per_group``.
+
 The floor is what no implementation on this machine can beat: reading the weights a group step needs, once.
 ``floor_lm_head_s`` times a jitted ``[1, D] @ lm_head.T`` (the single largest read); ``floor_weights_s`` a jitted
 product of a ``[1, I]`` vector with every per-group weight matrix ``[O, I]`` (and a sum of every vector weight).
@@ -27,6 +32,7 @@ reading the model once. This module is a tool: it reads the model, the model nev
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import statistics
 import time
@@ -44,6 +50,10 @@ JSON_KEYS = {
     "stage_patch_decoder_s": "breakdown: the patch decoder, all its steps, in its own loop, per iteration",
     "stage_loop_overhead_s": "breakdown: s_per_group minus the four stages (sampling keys, the group write, the stop "
     "rule, the conds, copies); negative when the loop overlaps stages better than they run alone",
+    "s_per_text_group": "breakdown: s_per_group of the same decode loop when every group is a text group (the "
+    "run's <|empty|> id moved out of the vocabulary, so the patch decoder's lax.cond skips it)",
+    "patch_decoder_in_loop_s": "breakdown: s_per_group - s_per_text_group: what the patch decoder adds to a step "
+    "inside the decode loop, caches shared with the other stages (with --natural, s_per_group mixes text groups)",
     "per_group_weight_bytes": "breakdown: bytes of the weights one decode step reads (all but the gathered tables)",
     "floor_lm_head_s": "breakdown: measured floor of the text head: a jitted [1, D] @ lm_head.T (median)",
     "floor_weights_s": "breakdown: measured floor of a step: every per-group weight read once by a jitted "
@@ -147,6 +157,13 @@ def speech_group(state: generate.DecodeState, st: generate.StepStatic) -> jax.Ar
 LOOP_ITERS = 8  # a stage is timed as (a call of 1 + LOOP_ITERS iterations - a call of 1) / LOOP_ITERS
 
 
+def text_groups_only(st: generate.StepStatic) -> generate.StepStatic:
+    """``st`` with the <|empty|> id moved to the vocabulary size, an id no text head returns: every generated group
+    is then a text group (the patch decoder's ``lax.cond`` skips it, the speech ids are the channels' empty ids),
+    the rest of the compiled step unchanged. Prompts keep the ids they were padded with."""
+    return dataclasses.replace(st, special=dataclasses.replace(st.special, empty=st.cfg.vocab_size))
+
+
 def nan_flag(tree) -> jax.Array:
     """``[]`` float32: 1.0 if any value of ``tree`` is NaN, else 0.0. Added to a stage's next input so that each
     iteration depends on the last (XLA may not hoist a stage out of its timing loop) without changing values."""
@@ -233,9 +250,21 @@ def patch_decoder_stage(params, tables, local_hidden, keys, *, iters: jax.Array,
     return stage_loop(body, local_hidden, iters)
 
 
-def breakdown(params, state, pads, min_length, keys, *, st: generate.StepStatic, s_per_group: float, repeats: int):
+def breakdown(
+    params,
+    state,
+    pads,
+    min_length,
+    keys,
+    *,
+    st: generate.StepStatic,
+    s_per_group: float,
+    s_per_text_group: float,
+    repeats: int,
+):
     """The stage times and the floor for one benchmark run. ``state``: the :class:`~mimo_ref.generate.DecodeState`
-    after the run's prefill; ``s_per_group``: the run's steady-state step time. -> the :data:`JSON_KEYS` dict."""
+    after the run's prefill; ``s_per_group``: the run's steady-state step time; ``s_per_text_group``: the same loop's
+    when every group is a text group. -> the :data:`JSON_KEYS` dict."""
     tables = generate.tables_jit(params, cfg=st.cfg)
     group = speech_group(state, st)
     cur_len = (st.prompt_slots - pads).astype(jnp.int32)  # [B] groups before the first new one
@@ -264,6 +293,8 @@ def breakdown(params, state, pads, min_length, keys, *, st: generate.StepStatic,
     out = {f"stage_{name}_s": round(seconds, 7) for name, seconds in stages.items()}
     return out | {
         "stage_loop_overhead_s": round(s_per_group - sum(stages.values()), 7),
+        "s_per_text_group": round(s_per_text_group, 7),
+        "patch_decoder_in_loop_s": round(s_per_group - s_per_text_group, 7),
         "per_group_weight_bytes": weight_bytes,
         "floor_lm_head_s": round(floor_head, 7),
         "floor_weights_s": round(floor, 7),

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-from mimo_ref import bench, bench_breakdown, cli, lm, pipeline
+from mimo_ref import bench, bench_breakdown, cli, generate, lm, pipeline
 from mimo_ref.config import load_lm_config
+from mimo_ref.random_weights import speech_prompt
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -27,6 +29,8 @@ def test_cli_bench_breakdown_reports_stages_and_floor(capsys):
     stages = [result[f"stage_{name}_s"] for name in ("embed", "backbone", "heads_text", "patch_decoder")]
     assert all(np.isfinite(s) for s in stages) and sum(stages) > 0  # one stage may be below the timing noise
     assert abs(result["stage_loop_overhead_s"] - (result["s_per_group"] - sum(stages))) < 1e-5
+    assert "timing the loop with text groups only" in err and np.isfinite(result["s_per_text_group"])
+    assert abs(result["patch_decoder_in_loop_s"] - (result["s_per_group"] - result["s_per_text_group"])) < 1e-5
     assert result["floor_lm_head_s"] > 0 and result["floor_weights_s"] > 0
     ratio = result["s_per_group"] / result["floor_weights_s"]
     assert abs(result["s_per_group_over_floor"] - ratio) <= 1e-2 * max(1.0, abs(ratio))  # from values rounded to 0.1 us
@@ -76,3 +80,23 @@ def test_stage_loop_runs_the_body_every_iteration_and_keeps_the_cache_carry():
     assert np.isnan(np.asarray(x)).all()
     assert float(bench_breakdown.nan_flag((jnp.ones(2), jnp.int32(3)))) == 0.0
     assert float(bench_breakdown.nan_flag((jnp.ones(2), jnp.asarray([jnp.nan])))) == 1.0
+
+
+def test_text_groups_only_makes_every_generated_group_a_text_group():
+    # the benchmark's s_per_text_group loop: the same prompts and step, only <|empty|> moved out of the vocabulary.
+    # With a zeroed text head greedy picks id 0: declared <|empty|>, every group is a speech group (the patch
+    # decoder never returns a channel's empty id); under text_groups_only every group is text, speech all empty ids
+    params, cfg, special = lm.load_lm(pipeline.BUNDLED_LM)
+    params = params | {"lm_head": {"weight": jnp.zeros_like(params["lm_head"]["weight"])}}
+    special = dataclasses.replace(special, empty=0)
+    prep = generate.prepare(cfg, special, [speech_prompt(cfg, special, 4, 0)], max_new_groups=3)
+
+    def run(st):
+        return np.asarray(generate.generate_jit(params, prep.ids, prep.pads, prep.min_length, prep.keys, st=st)[0])
+
+    speech, text = run(prep.st), run(bench_breakdown.text_groups_only(prep.st))  # [1, N, C+1, G] each
+    empty_frames = np.asarray(cfg.speech_empty_ids)[:, None]  # [C, 1]
+    assert speech.shape[1] == text.shape[1] == 3
+    assert (speech[0, :, 0] == 0).all() and (speech[0, :, 1:] != empty_frames).all()
+    assert (text[0, :, 0] == 0).all() and (text[0, :, 1:] == empty_frames).all()
+    assert bench_breakdown.text_groups_only(prep.st).special.empty == cfg.vocab_size
