@@ -19,9 +19,10 @@ compiled program but for the <|empty|> id) with every group a text group, which 
 ``patch_decoder_in_loop_s`` the difference to ``s_per_group``.
 
 The floor is what no implementation on this machine can beat: reading the weights a group step needs, once.
-``floor_lm_head_s`` times a jitted ``[1, D] @ lm_head.T`` (the single largest read); ``floor_weights_s`` a jitted
-product of a ``[1, I]`` vector with every per-group weight matrix ``[O, I]`` (and a sum of every vector weight).
-Weights held narrower than float32 (bfloat16) are read by a fused sum instead (:func:`read_once`).
+``floor_lm_head_s`` times a jitted read of ``lm_head`` (the single largest read); ``floor_weights_s`` a jitted
+product of a ``[1, k]`` vector with every per-group weight matrix viewed as rows of ``k`` values (:func:`read_view`,
+up to 8192: the fastest form measured), and a sum of every vector weight. Weights held narrower than float32
+(bfloat16) are read by a fused sum instead (:func:`read_once`).
 Per-group weights are all LM weights except the two tables only gathered by id (``model.embed_tokens``, the
 ``speech_embeddings``); the patch decoder's weights are counted once although its 11 sequential steps each read
 them. ``floor_step_reads_s`` counts them as the computation must read them: the other weights once, then the
@@ -55,9 +56,10 @@ JSON_KEYS = {
     "patch_decoder_in_loop_s": "breakdown: s_per_group - s_per_text_group: what the patch decoder adds to a step "
     "inside the decode loop, caches shared with the other stages (with --natural, s_per_group mixes text groups)",
     "per_group_weight_bytes": "breakdown: bytes of the weights one decode step reads (all but the gathered tables)",
-    "floor_lm_head_s": "breakdown: measured floor of the text head: a jitted [1, D] @ lm_head.T (median)",
+    "floor_lm_head_s": "breakdown: measured floor of the text head: lm_head read once by a jitted matrix-vector "
+    "product, the matrix viewed as rows of up to 8192 values (median)",
     "floor_weights_s": "breakdown: measured floor of a step: every per-group weight read once by a jitted "
-    "matrix-vector product (median)",
+    "matrix-vector product, each matrix viewed as rows of up to 8192 values (median)",
     "floor_bandwidth_gb_s": "breakdown: per_group_weight_bytes / floor_weights_s, GB/s",
     "s_per_group_over_floor": "breakdown: s_per_group / floor_weights_s (1.0 is the memory floor)",
     "step_read_bytes": "breakdown: bytes a decode step must read: per_group_weight_bytes plus the patch decoder's "
@@ -105,18 +107,37 @@ def per_local_step_weights(params) -> list[jax.Array]:
     ]
 
 
+READ_ROW_WIDTHS = (8192, 4096, 2048, 1024)  # row lengths a matrix is viewed as for its floor read (measured)
+
+
+def read_view(w: jax.Array) -> jax.Array:
+    """``w`` (a matrix) viewed as long rows, ``[size / k, k]`` with the first ``k`` of :data:`READ_ROW_WIDTHS` that
+    divides its size (``w`` itself if none does): the same bytes in the same order, a free reshape.
+
+    Why: XLA's CPU product of one row with a matrix reads it faster when its rows are long (measured on a 2-core AMD
+    EPYC VM: the small preset's 385.7 MB of per-group weights read by products in their own ``[O, I]`` shapes in
+    13.5 ms (median 15.6) against 11.8-12.4 ms (12.8-13.5) viewed as rows of 1024-8192; a ``[1024, 256]`` matrix at
+    13.4 GB/s against 21.5 for ``[256, 1024]``: docs/performance.md, "Weights held input-major"). A floor read in
+    the weights' own shapes would be slower than the step once the step holds some weights input-major.
+    """
+    width = next((k for k in READ_ROW_WIDTHS if w.size % k == 0), None)
+    return w if width is None else w.reshape(-1, width)  # [O, I] -> [O * I / k, k]
+
+
 def read_once(w: jax.Array, start: jax.Array) -> jax.Array:
     """Read one weight once, as fast as this machine reads it. -> ``[]`` (float32).
 
-    A float32 (or wider) matrix ``[O, I]``: a ``[1, I] @ W.T`` product (XLA's CPU matrix-vector product streams the
-    matrix at memory speed). A narrower one (bfloat16): a sum of its values upcast to float32, which XLA fuses into
-    one pass over the stored bytes; a bfloat16 product on XLA's CPU is not memory-bound (measured: 160-190 ms for
-    the 151680 x 512 ``lm_head`` against 14 ms for the sum), so it would not be a floor. Vectors: a sum.
-    ``start`` ``[]`` enters every read, so inside a loop the reads depend on the carry and stay in the loop.
+    A float32 (or wider) matrix: a ``[1, k] @ V.T`` product with ``V`` its long-row view ``[R, k]``
+    (:func:`read_view`; XLA's CPU matrix-vector product streams the matrix at memory speed). A narrower one
+    (bfloat16): a sum of its values upcast to float32, which XLA fuses into one pass over the stored bytes; a
+    bfloat16 product on XLA's CPU is not memory-bound (measured: 160-190 ms for the 151680 x 512 ``lm_head`` against
+    14 ms for the sum), so it would not be a floor. Vectors: a sum. ``start`` ``[]`` enters every read, so inside a
+    loop the reads depend on the carry and stay in the loop.
     """
     if w.ndim == 2 and jnp.dtype(w.dtype).itemsize >= 4:
-        x = jnp.full((1, w.shape[1]), 1.0, w.dtype) + start.astype(w.dtype)  # [1, I]
-        return jnp.sum(jnp.einsum("BI,OI->BO", x, w).astype(jnp.float32))  # [1, I] -> [1, O] -> []
+        v = read_view(w)  # [R, k]
+        x = jnp.full((1, v.shape[1]), 1.0, w.dtype) + start.astype(w.dtype)  # [1, k]
+        return jnp.sum(jnp.einsum("BI,OI->BO", x, v).astype(jnp.float32))  # [1, k] -> [1, R] -> []
     return jnp.sum(w.astype(jnp.float32) * (1.0 + start))  # [...] -> []
 
 
@@ -265,7 +286,7 @@ def breakdown(
     """The stage times and the floor for one benchmark run. ``state``: the :class:`~mimo_ref.generate.DecodeState`
     after the run's prefill; ``s_per_group``: the run's steady-state step time; ``s_per_text_group``: the same loop's
     when every group is a text group. -> the :data:`JSON_KEYS` dict."""
-    tables = generate.tables_jit(params, cfg=st.cfg)
+    tables = generate.tables_jit(params, cfg=st.cfg, rows=state.local_hidden.shape[0])
     group = speech_group(state, st)
     cur_len = (st.prompt_slots - pads).astype(jnp.int32)  # [B] groups before the first new one
     positions = cur_len[:, None]  # [B, 1]

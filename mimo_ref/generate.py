@@ -234,7 +234,7 @@ def group_step(
 ) -> DecodeState:
     """One group for every row (see the module docstring). ``keys`` ``[B]``: one key per sequence.
 
-    ``tables``: the patch decoder's stacked heads/embeddings (:func:`mimo_ref.lm.stacked_speech_tables`), built
+    ``tables``: the patch decoder's weights as its steps read them (:func:`mimo_ref.lm.patch_decoder_tables`), built
     once per generate call rather than once per group.
     """
     cfg, special = st.cfg, st.special
@@ -310,7 +310,7 @@ def generate_jit(params, ids, pads, min_length, keys, *, st: StepStatic) -> tupl
     -> (groups ``[B, N, C+1, G]``, n_generated ``[B]``): the :class:`DecodeState` fields the host needs.
     """
     state = prefill(params, ids, pads, st=st)
-    tables = lm.stacked_speech_tables(params, cfg=st.cfg)
+    tables = lm.patch_decoder_tables(params, cfg=st.cfg, rows=ids.shape[0])
 
     def cond(state: DecodeState):
         return (state.step < st.max_new_groups) & ~jnp.all(state.done)
@@ -324,7 +324,7 @@ def generate_jit(params, ids, pads, min_length, keys, *, st: StepStatic) -> tupl
 
 prefill_jit = jax.jit(prefill, static_argnames=("st",))
 group_step_jit = jax.jit(group_step, static_argnames=("st",))
-tables_jit = jax.jit(lm.stacked_speech_tables, static_argnames=("cfg",))
+tables_jit = jax.jit(lm.patch_decoder_tables, static_argnames=("cfg", "rows"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -467,7 +467,7 @@ def generate_stream(
     """
     st, ids, pads, min_length, keys, prompts = prepare(cfg, special, prompt_ids, **options)
     state = prefill_jit(params, ids, pads, st=st)
-    tables = tables_jit(params, cfg=cfg)
+    tables = tables_jit(params, cfg=cfg, rows=ids.shape[0])
     while int(state.step) < st.max_new_groups and not bool(jnp.all(state.done)):
         step = int(state.step)
         state = group_step_jit(params, tables, state, pads, min_length, keys, st=st)

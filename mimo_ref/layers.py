@@ -10,7 +10,9 @@ T3 after down-sampling (25 Hz codes).
 
 Params are nested dicts keyed like the checkpoint (``{"weight": ..., "bias": ...}``); PyTorch layouts are kept
 (``Linear.weight`` is ``[out, in]``, ``Conv1d.weight`` is ``[out, in, k]``, ``ConvTranspose1d.weight`` is
-``[in, out, k]``), so a port can match tensors by path and shape.
+``[in, out, k]``), so a port can match tensors by path and shape. (The patch decoder's decode steps on CPU read a
+derived copy, some weights transposed to ``weight_t`` ``[in, out]``: :func:`input_major`,
+``mimo_ref/lm.py::decode_layout``.)
 
 Numerics policy: norms and softmax compute in at least float32 (float64 inputs stay float64 except where the
 official code forces float32, documented per function); RoPE tables are always computed in float32 (official)
@@ -79,8 +81,12 @@ def linear(params: Params, x: jax.Array) -> jax.Array:
     The weight is upcast to the compute dtype by type promotion (a bfloat16 weight under float32 compute is
     exact in float32). The same sum is computed in one of two forms (``narrow_weight_row``): the einsum, or,
     for one float32 row against a bfloat16 weight on CPU, the elementwise product summed over ``I``, which
-    reads the narrow weight once; the two differ only in float32 summation order.
+    reads the narrow weight once; the two differ only in float32 summation order. A weight may instead be held
+    input-major, ``weight_t`` ``[in, out]`` (the same matrix transposed, :func:`input_major`); then ``x @ W_t``.
     """
+    if "weight_t" in params:
+        y = jnp.einsum("...I,IO->...O", x, params["weight_t"])  # [..., I] -> [..., O]
+        return y + params["bias"] if "bias" in params else y
     w = params["weight"]
     if narrow_weight_row(x, w):
         y = jnp.sum(w.astype(x.dtype) * x.reshape(-1), axis=-1)  # [O, I] * [I] -> [O]
@@ -90,6 +96,32 @@ def linear(params: Params, x: jax.Array) -> jax.Array:
     if "bias" in params:
         y = y + params["bias"]
     return y
+
+
+def input_major(*linears: Params) -> Params:
+    """One ``linear``'s params with the weight held input-major: ``{"weight_t": [I, O]}`` (and ``"bias"``), the same
+    matrix transposed. Several Linears of the same input (e.g. ``q_proj``, ``k_proj``, ``v_proj``) become one, their
+    outputs side by side in the order given (``weight_t`` ``[I, O1 + O2 + ...]``): one product instead of several.
+    The products are the same sums, in another float32 order.
+
+    Why (a decode step's layout, ``mimo_ref/lm.py::decode_layout``): XLA's CPU product of one row with a float32
+    matrix reads the matrix fastest when its rows are long (measured in a jitted loop over 64 MB of weights on a
+    2-core AMD EPYC VM: ``[1024, 256]`` held output-major 13.4 GB/s, input-major ``[256, 1024]`` 21.5 GB/s;
+    ``[256, 1024]`` output-major 21.4, input-major 13.9; a ``[256, 256]`` product 30 us either way, a fused
+    ``[256, 768]`` 40 us: docs/performance.md, "Weights held input-major").
+    """
+    if any(("bias" in p) != ("bias" in linears[0]) for p in linears):
+        raise ValueError("input_major: fuse Linears that all have a bias or none")
+    out = {"weight_t": jnp.concatenate([p["weight"].T for p in linears], axis=1)}  # [O, I] each -> [I, sum O]
+    if "bias" in linears[0]:
+        out["bias"] = jnp.concatenate([p["bias"] for p in linears])  # [sum O]
+    return out
+
+
+def wide_output(*linears: Params) -> bool:
+    """Whether the product of these Linears of one input (side by side) is wider than its input, ``O > I``: where
+    holding it input-major reads faster (:func:`input_major`)."""
+    return sum(p["weight"].shape[0] for p in linears) > linears[0]["weight"].shape[1]
 
 
 FEW_ROWS = range(2, 33)  # row counts for which ``text_head`` takes the rows-inner form (measured, see there)

@@ -134,9 +134,14 @@ def qwen_attention(
     keys/values are written at slots ``write_pos..write_pos+T-1`` first and attention runs over all S slots.
     """
     b, t, _ = x.shape
-    q = layers.linear(params["q_proj"], x).reshape(b, t, cfg.num_heads, cfg.head_dim)  # [B, T, D] -> [B, T, N, H]
-    k = layers.linear(params["k_proj"], x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # [B, T, D] -> [B, T, K, H]
-    v = layers.linear(params["v_proj"], x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # [B, T, D] -> [B, T, K, H]
+    if "qkv_proj" in params:  # q, k, v as one product (the patch decoder's decode layout, :func:`decode_layout`)
+        nq, nk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        q, k, v = jnp.split(layers.linear(params["qkv_proj"], x), [nq, nq + nk], axis=-1)  # [B, T, N*H + 2*K*H]
+    else:
+        q, k, v = (layers.linear(params[name], x) for name in ("q_proj", "k_proj", "v_proj"))  # [B, T, D] -> ...
+    q = q.reshape(b, t, cfg.num_heads, cfg.head_dim)  # [B, T, N*H] -> [B, T, N, H]
+    k = k.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # [B, T, K*H] -> [B, T, K, H]
+    v = v.reshape(b, t, cfg.num_kv_heads, cfg.head_dim)  # [B, T, K*H] -> [B, T, K, H]
     q = layers.apply_rope(q, cos, sin)
     k = layers.apply_rope(k, cos, sin)
     if cache is not None:
@@ -388,17 +393,29 @@ def forward(params: Params, input_ids: jax.Array, *, cfg: LMConfig, empty_id: in
 ChannelSampler = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
-def stacked_speech_tables(params: Params, *, cfg: LMConfig) -> tuple[jax.Array, jax.Array]:
-    """The per-channel heads concatenated, and the per-channel embeddings padded to the largest vocab and stacked.
+class PatchDecoderTables(NamedTuple):
+    """What the patch decoder reads at every step, prepared once per generate call (:func:`patch_decoder_tables`)."""
 
-    -> heads ``[sum V_c, Dl]`` (channel 0's rows first), embeddings ``[C, Vmax, Dl]`` (already projected to the
-    local width when ``input_local_dim != local_dim``). One matmul with the concatenated heads gives every channel's
-    logits; :func:`speech_head_index` lays them out as ``[C, Vmax]``, padding set to -inf (see
-    :func:`speech_vocab_masks`), so one vectorised step serves all channels. The heads are not padded because a step
+    heads: Params  # the speech heads concatenated, one Linear: {"weight": [sum V_c, Dl]} or {"weight_t": [Dl, sum V_c]}
+    embeddings: jax.Array  # [C, Vmax, Dl]: the per-channel speech embeddings, padded to Vmax and stacked
+    local: Params  # the local transformer, in its decode layout where that applies (:func:`decode_layout`)
+
+
+def patch_decoder_tables(params: Params, *, cfg: LMConfig, rows: int = 1) -> PatchDecoderTables:
+    """The patch decoder's weights as its steps read them, built once outside a decode loop.
+
+    Heads: every channel's ``local_transformer_lm_heads`` concatenated (channel 0's rows first), so one product
+    gives every channel's logits; :func:`speech_head_index` lays them out as ``[C, Vmax]``, padding set to -inf (see
+    :func:`speech_vocab_masks`), and one vectorised step serves all channels. They are not padded because a step
     reads them whole: padded, the real model's would be 2.9x larger (8 x 1025 rows instead of 2 x 1025 + 6 x 129).
+    Embeddings: per channel, padded to the largest vocab and stacked (already projected to the local width when
+    ``input_local_dim != local_dim``). Both are built in the compute dtype (upcast at use). Local: the local
+    transformer, in :func:`decode_layout` for ``rows`` rows (the batch) on CPU where its weights are held in the
+    compute dtype (as stored otherwise: bfloat16-held layers are upcast or read in place per step, ``qwen_stack``);
+    the heads are held input-major on CPU by the same rule. Same products, summed in another float32 order.
     """
     vmax = max(cfg.speech_vocab_sizes)
-    dtype = compute_dtype(params, cfg)  # the tables are built in the compute dtype (upcast at use)
+    dtype = compute_dtype(params, cfg)
     heads_, embs = [], []
     for c, vocab in enumerate(cfg.speech_vocab_sizes):
         heads_.append(params["local_transformer_lm_heads"][c]["weight"].astype(dtype))  # [Vc, Dl]
@@ -406,7 +423,38 @@ def stacked_speech_tables(params: Params, *, cfg: LMConfig) -> tuple[jax.Array, 
         if "speech_embeddings_to_local" in params:
             e = layers.linear(upcast(params["speech_embeddings_to_local"], dtype), e)  # [Vc, Di] -> [Vc, Dl]
         embs.append(jnp.pad(e, ((0, vmax - vocab), (0, 0))))  # [Vc, Dl] -> [Vmax, Dl]
-    return jnp.concatenate(heads_), jnp.stack(embs)
+    heads = {"weight": jnp.concatenate(heads_)}  # [sum V_c, Dl]
+    local = params["local_transformer"]
+    if jax.default_backend() == "cpu":
+        heads = layers.input_major(heads) if rows > 1 or layers.wide_output(heads) else heads
+        if all(leaf.dtype == dtype for leaf in jax.tree_util.tree_leaves(local)):
+            local = decode_layout(local, rows=rows)
+    return PatchDecoderTables(heads, jnp.stack(embs), local)
+
+
+def decode_layout(stack: Params, *, rows: int = 1) -> Params:
+    """A Qwen2 stack as a one-position decode step of ``rows`` rows reads it fastest on CPU (the patch decoder's
+    local transformer, read whole at each of its sequential steps). Per layer: ``q_proj``, ``k_proj``, ``v_proj``
+    become one product, ``qkv_proj`` (:func:`qwen_attention`), where their outputs together are wider than the
+    input; products are held input-major (``mimo_ref/layers.py::input_major``, which gives the measured reason):
+    for one row those whose output is wider than the input (the fused q/k/v, ``gate_proj``, ``up_proj``), for
+    several rows all of them; the rest and the norms are kept as stored. The values are the checkpoint's; the
+    products are the same sums in another float32 order. Measured in the decode loop: docs/performance.md,
+    "Weights held input-major".
+    """
+
+    def held(*linears: Params) -> Params:
+        return layers.input_major(*linears) if rows > 1 or layers.wide_output(*linears) else linears[0]
+
+    out = []
+    for layer in stack["layers"]:
+        attn, mlp = layer["self_attn"], layer["mlp"]
+        qkv = (attn["q_proj"], attn["k_proj"], attn["v_proj"])
+        if layers.wide_output(*qkv):
+            attn = {"qkv_proj": layers.input_major(*qkv), "o_proj": held(attn["o_proj"])}
+        mlp = {name: held(mlp[name]) for name in ("gate_proj", "up_proj", "down_proj")}
+        out.append(layer | {"self_attn": attn, "mlp": mlp})
+    return stack | {"layers": out}
 
 
 def speech_head_index(cfg: LMConfig) -> np.ndarray:
@@ -504,12 +552,13 @@ def patch_decoder(
     :func:`channel_activity`) picks a token from ``local_transformer_lm_heads[c](hidden)`` with its empty id removed
     (``choose``, e.g. :func:`channel_sampler`; ``keys`` ``[B]``), stored as frame ``t - delay[c]``; the next input
     is the sum, in channel order, of the active channels' speech embeddings of those tokens (zero when none is).
-    ``tables``: :func:`stacked_speech_tables` computed once outside a decode loop (recomputed here if None).
+    ``tables``: :func:`patch_decoder_tables` computed once outside a decode loop (recomputed here if None).
     """
     b = local_hidden.shape[0]
     lcfg = cfg.local
     steps = cfg.local_steps
-    head_w, emb_w = stacked_speech_tables(params, cfg=cfg) if tables is None else tables  # [sum V_c, Dl], [C, Vmax, Dl]
+    tables = patch_decoder_tables(params, cfg=cfg, rows=b) if tables is None else tables
+    emb_w = tables.embeddings  # [C, Vmax, Dl]
     c = emb_w.shape[0]
     head_index = speech_head_index(cfg)  # [C, Vmax]
     padding, _ = speech_vocab_masks(cfg)  # [C, Vmax]
@@ -521,10 +570,10 @@ def patch_decoder(
         pos = jnp.full((b, 1), t, jnp.int32)  # [B, 1]
         mask = layers.attention_mask(pos, k_slot, causal=True)  # [B, 1, S]
         h, cache = qwen_stack(
-            params["local_transformer"], x[:, None, :], pos, mask, cfg=lcfg, cache=cache, write_pos=t,
+            tables.local, x[:, None, :], pos, mask, cfg=lcfg, cache=cache, write_pos=t,
             name="lm.patch_decoder.stack",
         )  # fmt: skip
-        flat = layers.linear({"weight": head_w}, h[:, 0])  # one matmul for all heads: [B, Dl] -> [B, sum V_c]
+        flat = layers.linear(tables.heads, h[:, 0])  # one matmul for all heads: [B, Dl] -> [B, sum V_c]
         logits = jnp.take(flat, head_index, axis=1)  # [B, sum V_c] -> [B, C, Vmax]
         logits = jnp.where(padding[None], -jnp.inf, logits)
         new = choose(logits, t, keys)  # [B, C, Vmax] -> [B, C]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from mimo_ref import audio, generate, layers, lm
+from mimo_ref import audio, generate, layers, lm, random_weights, sampling
 from mimo_ref.config import QwenStackConfig
 from mimo_ref.precision import PRESETS, Precision, param_bytes, resolve_precision, upcast
 
@@ -194,6 +194,89 @@ def test_one_row_through_a_large_bf16_layer_reads_it_in_place():
     # Same sums of exact products in another float32 order: relative error of order sqrt(F) * eps (5e-6 here),
     # far below bfloat16 rounding of any operand (4e-3), which a wrong form would show.
     assert np.linalg.norm(stored - loaded) <= 2e-5 * np.linalg.norm(loaded)
+
+
+@pytest.mark.parametrize("lead", [(1,), (3,), (2, 4)])
+def test_input_major_products_equal_the_exact_products(lead):
+    """``layers.input_major``: one Linear, or several of one input fused side by side, held ``[I, O]``; ``linear``
+    on it equals the float64 product of the same values within the float32 rounding of a sum over I, outputs in
+    the order given. Fusing Linears with and without a bias is refused."""
+    rng = np.random.default_rng(5)
+    i, outs = 16, (24, 8, 8)
+    parts = [
+        {"weight": jnp.asarray(rng.standard_normal((o, i)), jnp.float32),
+         "bias": jnp.asarray(rng.standard_normal(o), jnp.float32)}
+        for o in outs
+    ]  # fmt: skip
+    x = jnp.asarray(rng.standard_normal((*lead, i)), jnp.float32)
+    x64 = np.asarray(x, np.float64)
+    for linears in (parts[:1], parts):
+        held = layers.input_major(*linears)
+        assert held["weight_t"].shape == (i, sum(p["weight"].shape[0] for p in linears)) and "weight" not in held
+        got = np.asarray(jax.jit(layers.linear)(held, x), np.float64)
+        w64 = np.concatenate([np.asarray(p["weight"], np.float64) for p in linears])  # [sum O, I]
+        exact = x64 @ w64.T + np.concatenate([np.asarray(p["bias"], np.float64) for p in linears])
+        bound = i * np.finfo(np.float32).eps * (np.abs(x64) @ np.abs(w64).T + np.abs(exact))
+        assert got.shape == (*lead, w64.shape[0]) and np.all(np.abs(got - exact) <= bound)
+    assert layers.wide_output(*parts) and layers.wide_output(parts[0]) and not layers.wide_output(parts[1])
+    with pytest.raises(ValueError, match="all have a bias or none"):
+        layers.input_major(parts[0], {"weight": parts[1]["weight"]})
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_decode_layout_computes_the_same_stack(rows):
+    """``lm.decode_layout``: q/k/v fused and held input-major, then per product the rule (one row: input-major
+    where the output is wider than the input; several rows: all). A one-position decode step through it (KV cache,
+    two steps) equals the stack as stored within float32 rounding."""
+    d, f, heads, kv, hd = 32, 96, 4, 2, 8
+    cfg = QwenStackConfig(
+        hidden_size=d, num_layers=2, num_heads=heads, num_kv_heads=kv, head_dim=hd, intermediate_size=f,
+        rope_theta=1e4, rms_norm_eps=1e-6,
+    )  # fmt: skip
+    stack = random_weights.random_params(lm.qwen_stack_shapes("s", cfg, embed_vocab=None), 7, jnp.float32)["s"]
+    rng = np.random.default_rng(8)
+    stack = jax.tree_util.tree_map(lambda a: a + 0.3 * jnp.asarray(rng.standard_normal(a.shape), a.dtype), stack)
+    laid = lm.decode_layout(stack, rows=rows)
+    for layer in laid["layers"]:
+        attn, mlp = layer["self_attn"], layer["mlp"]
+        assert set(attn) == {"qkv_proj", "o_proj"} and attn["qkv_proj"]["weight_t"].shape == (d, (heads + 2 * kv) * hd)
+        assert set(mlp["gate_proj"]) == set(mlp["up_proj"]) == {"weight_t"}
+        held_all = {"weight_t"} if rows > 1 else {"weight"}  # o_proj [D, N*H] and down_proj [D, F]: not wider
+        assert set(attn["o_proj"]) == set(mlp["down_proj"]) == held_all
+
+    def steps(p):
+        cache = lm.init_cache(cfg, rows, 2, jnp.float32)
+        outs = []
+        for t in range(2):
+            x = jnp.asarray(np.random.default_rng(9 + t).standard_normal((rows, 1, d)), jnp.float32)
+            pos = jnp.full((rows, 1), t, jnp.int32)
+            mask = jnp.broadcast_to(jnp.arange(2)[None, None, :] <= t, (rows, 1, 2))
+            h, cache = lm.qwen_stack(p, x, pos, mask, cfg=cfg, cache=cache, write_pos=t)
+            outs.append(h)
+        return jnp.stack(outs)
+
+    stored, got = (np.asarray(jax.jit(steps)(p), np.float64) for p in (stack, laid))
+    assert got.shape == (2, rows, 1, d)
+    assert np.linalg.norm(got - stored) <= 1e-5 * np.linalg.norm(stored)  # same sums, another float32 order
+
+
+def test_patch_decoder_tables_hold_the_local_stack_in_decode_layout_only_when_it_is_held_in_the_compute_dtype():
+    """On CPU the float32 tiny model's local stack is read in the decode layout and its heads input-major; held in
+    bfloat16 (upcast or read in place per step), the stack is used as stored. Greedy tokens of the patch decoder
+    are the same either way (the golden cases check them against the official code)."""
+    params, cfg = lm.load_lm(TINY_LM)[:2]
+    tables = lm.patch_decoder_tables(params, cfg=cfg)
+    on_cpu = jax.default_backend() == "cpu"
+    assert ("qkv_proj" in tables.local["layers"][0]["self_attn"]) == on_cpu
+    assert ("weight_t" in tables.heads) == on_cpu
+    as_bf16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), params)
+    assert lm.patch_decoder_tables(as_bf16, cfg=cfg).local is as_bf16["local_transformer"]
+    stored = tables._replace(local=params["local_transformer"])
+    hidden = jnp.asarray(np.random.default_rng(4).standard_normal((2, cfg.local.hidden_size)), jnp.float32)
+    choose = lm.channel_sampler(sampling.GREEDY, cfg=cfg)
+    keys = jax.random.split(jax.random.key(0), 2)
+    run = jax.jit(lambda t: lm.patch_decoder(params, hidden, choose, keys, cfg=cfg, tables=t))
+    np.testing.assert_array_equal(run(lm.patch_decoder_tables(params, cfg=cfg, rows=2)), run(stored))
 
 
 def test_float64_compute_keeps_float32_weights_and_equals_upcast_at_load():

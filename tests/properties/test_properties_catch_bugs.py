@@ -191,9 +191,15 @@ def layer_norms_swapped(params, x, cos, sin, mask, *, heads):
     return REAL["transformer_layer"](swapped, x, cos, sin, mask, heads=heads)
 
 
-def q_bias_dropped(params, x, *args, **kwargs):
-    """Qwen2 attention without the q_proj bias."""
-    return REAL["qwen_attention"](params | {"q_proj": {"weight": params["q_proj"]["weight"]}}, x, *args, **kwargs)
+def q_bias_dropped(params, x, *args, cfg, **kwargs):
+    """Qwen2 attention without the q_proj bias (in the decode layout, the q part of the fused ``qkv_proj`` bias)."""
+    if "qkv_proj" in params:
+        fused = params["qkv_proj"]
+        bias = fused["bias"].at[: cfg.num_heads * cfg.head_dim].set(0)  # [N*H + 2*K*H]: q's slice first
+        params = params | {"qkv_proj": fused | {"bias": bias}}
+    else:
+        params = params | {"q_proj": {"weight": params["q_proj"]["weight"]}}
+    return REAL["qwen_attention"](params, x, *args, cfg=cfg, **kwargs)
 
 
 def local_final_norm_dropped(params, x, positions, mask, *, cfg, name="qwen", **kwargs):
