@@ -51,6 +51,10 @@ JSON_KEYS = {
     "prefill_s": "seconds of one prefill of the prompt (median of --repeats)",
     "generate_s": "seconds of one whole generate call: prefill + new_groups steps (median)",
     "generate_1_group_s": "seconds of a generate call of 1 group (median): prefill and loop overhead",
+    "text_head_layout": "how the decode loop holds lm_head: input-major (one row on CPU, float32-held: "
+    "mimo_ref/lm.py::text_head_decode_layout) or as stored",
+    "text_head_layout_s": "seconds to make that layout, once per loaded model before its first generation (not in "
+    "generate_s: a loaded model keeps it)",
     "s_per_group": "steady-state seconds per decode step, (generate_s - generate_1_group_s) / (new_groups - 1): "
     "each step adds one group to every row, so this is also the per-row latency between groups",
     "groups_per_s": "groups generated per second over all rows: batch / s_per_group",
@@ -216,6 +220,10 @@ def run_bench(
     if force_speech:
         params = params | {"lm_head": {"weight": jnp.zeros_like(params["lm_head"]["weight"])}}
         special = dataclasses.replace(special, empty=0)
+    t0 = time.perf_counter()
+    if mesh is None:  # the text head as generate holds it (one row on CPU: input-major, made once per loaded head)
+        params = jax.block_until_ready(lm.text_head_decode_layout(params, cfg=cfg, rows=batch))
+    layout_s = time.perf_counter() - t0
     prompts = [speech_prompt(cfg, special, prompt_groups, seed + b) for b in range(batch)]
     local_sampler = sampling.task_samplers("tts")[1]
 
@@ -264,6 +272,8 @@ def run_bench(
         "prefill_s": round(prefill_s, 5),
         "generate_s": round(total_s, 5),
         "generate_1_group_s": round(one_s, 5),
+        "text_head_layout": "input-major" if "weight_t" in params["lm_head"] else "as stored",
+        "text_head_layout_s": round(layout_s, 4),
         **throughput(per_group, batch),
         "mesh": sharding.describe(mesh),
         "param_bytes_per_device": max(sharding.device_param_bytes(params).values()),

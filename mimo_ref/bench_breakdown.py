@@ -306,7 +306,8 @@ def breakdown(
     }
     weights = per_group_weights(params)
     weight_bytes = sum(int(w.nbytes) for w in weights)
-    floor_head = timed(lambda: read_lm_head(params["lm_head"]["weight"]), repeats)
+    head = params["lm_head"]  # as stored, or input-major (mimo_ref/lm.py::text_head_decode_layout): the same bytes
+    floor_head = timed(lambda: read_lm_head(head["weight"] if "weight" in head else head["weight_t"]), repeats)
     floor = timed(lambda: read_weights(weights), repeats)
     once, per_step = per_group_weights(params, skip=PER_LOCAL_STEP), per_local_step_weights(params)
     step_bytes = sum(int(w.nbytes) for w in once) + st.cfg.local_steps * sum(int(w.nbytes) for w in per_step)

@@ -444,6 +444,7 @@ def generate(
         key=key,
         prompt_bucket=prompt_bucket,
     )
+    params = lm.text_head_decode_layout(params, cfg=cfg, rows=ids.shape[0])  # once per loaded head, outside the loop
     groups, n_generated = generate_jit(params, ids, pads, min_length, keys, st=st)
     return assemble(prompts, np.asarray(groups), np.asarray(n_generated), st)
 
@@ -466,6 +467,7 @@ def generate_stream(
     returns once the loop ends.
     """
     st, ids, pads, min_length, keys, prompts = prepare(cfg, special, prompt_ids, **options)
+    params = lm.text_head_decode_layout(params, cfg=cfg, rows=ids.shape[0])
     state = prefill_jit(params, ids, pads, st=st)
     tables = tables_jit(params, cfg=cfg, rows=ids.shape[0])
     while int(state.step) < st.max_new_groups and not bool(jnp.all(state.done)):

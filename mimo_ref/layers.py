@@ -138,6 +138,8 @@ def text_head(params: Params, x: jax.Array) -> jax.Array:
     against 19.1, 32 rows 34.3 against 45.3; one row is far slower in this form (1 s), so it keeps ``linear``
     (docs/performance.md, "The text head for a few rows"). The same exact products, summed in another float32 order.
     """
+    if "weight_t" in params:  # held input-major for a one-row decode step (mimo_ref/lm.py::text_head_decode_layout)
+        return linear(params, x)
     w = params["weight"]
     rows = math.prod(x.shape[:-1])
     if rows not in FEW_ROWS or x.dtype != jnp.float32 or jax.default_backend() != "cpu":

@@ -279,6 +279,39 @@ def test_patch_decoder_tables_hold_the_local_stack_in_decode_layout_only_when_it
     np.testing.assert_array_equal(run(lm.patch_decoder_tables(params, cfg=cfg, rows=2)), run(stored))
 
 
+def test_text_head_decode_layout_is_made_once_per_head_for_one_row_and_gives_the_same_greedy_groups():
+    """``lm.text_head_decode_layout``: on CPU, for one row, the float32-held ``lm_head`` becomes ``{"weight_t"}`` (the
+    same matrix transposed), made once per weight array and dropped with it; for several rows, or held in bfloat16,
+    the params are returned as they are. ``generate`` through it gives the greedy groups of the stored head."""
+    import gc
+
+    params, cfg, special = lm.load_lm(TINY_LM)
+    laid = lm.text_head_decode_layout(params, cfg=cfg, rows=1)
+    if jax.default_backend() != "cpu":
+        assert laid is params
+        return
+    np.testing.assert_array_equal(np.asarray(laid["lm_head"]["weight_t"]), np.asarray(params["lm_head"]["weight"]).T)
+    assert set(laid["lm_head"]) == {"weight_t"} and laid["model"] is params["model"]
+    assert lm.text_head_decode_layout(params, cfg=cfg, rows=1)["lm_head"] is laid["lm_head"]  # made once
+    assert lm.text_head_decode_layout(params, cfg=cfg, rows=2) is params
+    as_bf16 = params | {"lm_head": {"weight": params["lm_head"]["weight"].astype(jnp.bfloat16)}}
+    assert lm.text_head_decode_layout(as_bf16, cfg=cfg, rows=1) is as_bf16
+
+    prompt = np.asarray(random_weights.speech_prompt(cfg, special, 3, 0))
+    options = dict(max_new_groups=4, min_new_groups=4)
+    got = generate.generate(params, cfg, special, prompt, **options).ids  # through the layout (one row, CPU)
+    st, ids, pads, min_length, keys, prompts = generate.prepare(cfg, special, prompt, **options)
+    groups, n = generate.generate_jit(params, ids, pads, min_length, keys, st=st)  # the head as stored
+    np.testing.assert_array_equal(got, generate.assemble(prompts, np.asarray(groups), np.asarray(n), st).ids)
+
+    head = {"weight": jnp.asarray(params["lm_head"]["weight"]) + 0}  # a new array: its own entry
+    lm.text_head_decode_layout(params | {"lm_head": head}, cfg=cfg, rows=1)
+    entries = len(lm._TEXT_HEAD_LAYOUTS)
+    del head
+    gc.collect()
+    assert len(lm._TEXT_HEAD_LAYOUTS) == entries - 1  # the layout does not outlive its weight
+
+
 def test_float64_compute_keeps_float32_weights_and_equals_upcast_at_load():
     with jax.enable_x64(True):
         params, cfg, special = lm.load_lm(TINY_LM, "float64")
