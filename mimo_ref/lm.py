@@ -390,14 +390,17 @@ def forward(params: Params, input_ids: jax.Array, *, cfg: LMConfig, empty_id: in
 # Patch decoder (official `local_forward`)
 # ---------------------------------------------------------------------------------------------------------------
 
-# choose(logits [B, C, Vmax] with vocab padding at -inf, step, keys [B]) -> tokens [B, C]
-ChannelSampler = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+# choose(logits [B, Cg, V] of `channels` (Cg channels sharing one vocabulary of V), channels, step, keys [B])
+#   -> tokens [B, Cg]
+ChannelSampler = Callable[[jax.Array, tuple[int, ...], jax.Array, jax.Array], jax.Array]
 
 
 class PatchDecoderTables(NamedTuple):
     """What the patch decoder reads at every step, prepared once per generate call (:func:`patch_decoder_tables`)."""
 
-    heads: Params  # the speech heads concatenated, one Linear: {"weight": [sum V_c, Dl]} or {"weight_t": [Dl, sum V_c]}
+    # per group of channels sharing a vocabulary (speech_vocab_groups), their speech heads side by side, one Linear:
+    # {"weight": [Cg * V, Dl]} or {"weight_t": [Dl, Cg * V]}
+    group_heads: tuple[Params, ...]
     embeddings: jax.Array  # [C, Vmax, Dl]: the per-channel speech embeddings, padded to Vmax and stacked
     local: Params  # the local transformer, in its decode layout where that applies (:func:`decode_layout`)
 
@@ -405,18 +408,20 @@ class PatchDecoderTables(NamedTuple):
 def patch_decoder_tables(params: Params, *, cfg: LMConfig, rows: int = 1) -> PatchDecoderTables:
     """The patch decoder's weights as its steps read them, built once outside a decode loop.
 
-    Heads: every channel's ``local_transformer_lm_heads`` concatenated (channel 0's rows first), so one product
-    gives every channel's logits; :func:`speech_head_index` lays them out as ``[C, Vmax]``, padding set to -inf (see
-    :func:`speech_vocab_masks`), and one vectorised step serves all channels. They are not padded because a step
-    reads them whole: padded, the real model's would be 2.9x larger (8 x 1025 rows instead of 2 x 1025 + 6 x 129).
-    Embeddings: per channel, padded to the largest vocab and stacked (already projected to the local width when
-    ``input_local_dim != local_dim``). Both are built in the compute dtype (upcast at use). Local: the local
-    transformer, in :func:`decode_layout` for ``rows`` rows (the batch) on CPU where its weights are held in the
-    compute dtype (as stored otherwise: bfloat16-held layers are upcast or read in place per step, ``qwen_stack``);
-    the heads are held input-major on CPU by the same rule. Same products, summed in another float32 order.
+    Heads: for each group of channels sharing a vocabulary size (:func:`speech_vocab_groups`), those channels'
+    ``local_transformer_lm_heads`` side by side in channel order, one product per group, computed only at the steps
+    where one of its channels emits (:func:`patch_decoder`): the real model's ``(0, 1)`` at 1025 entries (2.1 MB in
+    float32 at Dl 256, read at steps 0-4) and ``(2, ..., 7)`` at 129 (0.8 MB, steps 2-10), 17.7 MB a group where
+    every head at every step read 31.8 MB. Embeddings: per channel, padded to the largest
+    vocab and stacked (already projected to the local width when ``input_local_dim != local_dim``). Both are built
+    in the compute dtype (upcast at use). Local: the local transformer, in :func:`decode_layout` for ``rows`` rows (the
+    batch) on CPU where its weights are held in the compute dtype (as stored otherwise: bfloat16-held layers are
+    upcast or read in place per step, ``qwen_stack``); each group's heads are held input-major on CPU by the same rule.
+    Same products, summed in another float32 order.
     """
     vmax = max(cfg.speech_vocab_sizes)
     dtype = compute_dtype(params, cfg)
+    on_cpu = jax.default_backend() == "cpu"
     heads_, embs = [], []
     for c, vocab in enumerate(cfg.speech_vocab_sizes):
         heads_.append(params["local_transformer_lm_heads"][c]["weight"].astype(dtype))  # [Vc, Dl]
@@ -424,13 +429,16 @@ def patch_decoder_tables(params: Params, *, cfg: LMConfig, rows: int = 1) -> Pat
         if "speech_embeddings_to_local" in params:
             e = layers.linear(upcast(params["speech_embeddings_to_local"], dtype), e)  # [Vc, Di] -> [Vc, Dl]
         embs.append(jnp.pad(e, ((0, vmax - vocab), (0, 0))))  # [Vc, Dl] -> [Vmax, Dl]
-    heads = {"weight": jnp.concatenate(heads_)}  # [sum V_c, Dl]
+    group_heads = []
+    for channels, _ in speech_vocab_groups(cfg):
+        heads = {"weight": jnp.concatenate([heads_[ch] for ch in channels])}  # [Cg * V, Dl]
+        if on_cpu and (rows > 1 or layers.wide_output(heads)):
+            heads = layers.input_major(heads)
+        group_heads.append(heads)
     local = params["local_transformer"]
-    if jax.default_backend() == "cpu":
-        heads = layers.input_major(heads) if rows > 1 or layers.wide_output(heads) else heads
-        if all(leaf.dtype == dtype for leaf in jax.tree_util.tree_leaves(local)):
-            local = decode_layout(local, rows=rows)
-    return PatchDecoderTables(heads, jnp.stack(embs), local)
+    if on_cpu and all(leaf.dtype == dtype for leaf in jax.tree_util.tree_leaves(local)):
+        local = decode_layout(local, rows=rows)
+    return PatchDecoderTables(tuple(group_heads), jnp.stack(embs), local)
 
 
 def decode_layout(stack: Params, *, rows: int = 1) -> Params:
@@ -487,15 +495,6 @@ def text_head_decode_layout(params: Params, *, cfg: LMConfig, rows: int) -> Para
     return params | {"lm_head": entry[1]}
 
 
-def speech_head_index(cfg: LMConfig) -> np.ndarray:
-    """Where channel c's logit v sits in the concatenated heads' output: ``[C, Vmax]`` int32 (0 past V_c, where
-    the padding mask of :func:`speech_vocab_masks` applies)."""
-    vmax = max(cfg.speech_vocab_sizes)
-    offsets = np.cumsum((0,) + tuple(cfg.speech_vocab_sizes[:-1]))  # [C]: first row of each channel
-    v = np.arange(vmax)[None, :]  # [1, Vmax]
-    return np.where(v < np.asarray(cfg.speech_vocab_sizes)[:, None], offsets[:, None] + v, 0).astype(np.int32)
-
-
 def speech_vocab_groups(cfg: LMConfig) -> tuple[tuple[tuple[int, ...], int], ...]:
     """Channels sharing a speech vocabulary size: ``((channels, V), ...)`` in order of first appearance. The real
     model: channels 0-1 with 1025 entries, channels 2-7 with 129."""
@@ -505,38 +504,29 @@ def speech_vocab_groups(cfg: LMConfig) -> tuple[tuple[tuple[int, ...], int], ...
     return tuple((tuple(channels), vocab) for vocab, channels in groups.items())
 
 
-def speech_vocab_masks(cfg: LMConfig) -> tuple[jax.Array, jax.Array]:
-    """-> (padding ``[C, Vmax]``: True past channel c's vocab, empty ``[C, Vmax]``: True at channel c's empty id)."""
-    vmax = max(cfg.speech_vocab_sizes)
-    idx = jnp.arange(vmax)[None, :]  # [1, Vmax]
-    padding = idx >= jnp.asarray(cfg.speech_vocab_sizes)[:, None]
-    empty = idx == jnp.asarray(cfg.speech_empty_ids)[:, None]
-    return padding, empty
+def speech_empty_mask(cfg: LMConfig) -> jax.Array:
+    """``[C, Vmax]`` bool: True at channel c's empty id (entries past a channel's vocabulary are never read)."""
+    idx = jnp.arange(max(cfg.speech_vocab_sizes))[None, :]  # [1, Vmax]
+    return idx == jnp.asarray(cfg.speech_empty_ids)[:, None]
 
 
 def channel_sampler(sampler: sampling.SamplerConfig, *, cfg: LMConfig) -> ChannelSampler:
-    """Official ``local_sampler.sample(scores, [empty id])`` for all channels of all rows at once.
+    """Official ``local_sampler.sample(scores, [empty id])`` for channels of one vocabulary size, all rows at once.
 
-    Logits are processed (temperature, top-k, top-p) with the empty id still present, then the empty id is set to
-    -inf (official order). Row b draws with ``fold_in(keys[b], step)``, so a row's draws do not depend on its batch.
-    Channels are processed in groups of equal vocabulary (:func:`speech_vocab_groups`), each on its real vocabulary
-    rather than padded to Vmax: the same tokens for greedy choice, and the same draw for each channel (one uniform
-    per channel from the row's key); sums over the shorter rows may round differently (docs/performance.md).
+    ``choose(logits [B, Cg, V], channels, step, keys [B]) -> [B, Cg]``: logits are processed (temperature, top-k,
+    top-p) with the empty id still present, then each channel's empty id is set to -inf (official order). Row b draws
+    ``[C]`` uniforms (one per channel) from ``fold_in(keys[b], step)`` and channel c uses the c-th, so a token's draw
+    depends neither on the row's batch nor on which other channels are sampled with it.
     """
-    _, empty = speech_vocab_masks(cfg)
-    groups = speech_vocab_groups(cfg)
+    empty = speech_empty_mask(cfg)  # [C, Vmax]
 
-    def choose(logits: jax.Array, step: jax.Array, keys: jax.Array) -> jax.Array:
+    def choose(logits: jax.Array, channels: tuple[int, ...], step: jax.Array, keys: jax.Array) -> jax.Array:
+        idx = np.asarray(channels)
+        vocab = logits.shape[-1]
         row_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)  # [B]
-        draws = jax.vmap(lambda k: sampling.draw(k, sampler, logits.shape[1:2]))(row_keys)  # [B, C] (or None)
-        tokens = jnp.zeros(logits.shape[:2], jnp.int32)  # [B, C]
-        for channels, vocab in groups:
-            idx = np.asarray(channels)
-            part = logits[:, idx, :vocab]  # [B, C, Vmax] -> [B, Cg, V]: the group's Cg channels, their vocab V
-            scores = sampling.remove_tokens(sampling.process_logits(part, sampler), empty[None, idx, :vocab])
-            picked = sampling.choose_with(scores, sampler, None if draws is None else draws[:, idx])  # -> [B, Cg]
-            tokens = tokens.at[:, idx].set(picked)
-        return tokens
+        draws = jax.vmap(lambda k: sampling.draw(k, sampler, (cfg.audio_channels,)))(row_keys)  # [B, C] (or None)
+        scores = sampling.remove_tokens(sampling.process_logits(logits, sampler), empty[None, idx, :vocab])
+        return sampling.choose_with(scores, sampler, None if draws is None else draws[:, idx])  # -> [B, Cg]
 
     return choose
 
@@ -582,6 +572,9 @@ def patch_decoder(
     :func:`channel_activity`) picks a token from ``local_transformer_lm_heads[c](hidden)`` with its empty id removed
     (``choose``, e.g. :func:`channel_sampler`; ``keys`` ``[B]``), stored as frame ``t - delay[c]``; the next input
     is the sum, in channel order, of the active channels' speech embeddings of those tokens (zero when none is).
+    The heads are computed per group of channels sharing a vocabulary (:func:`speech_vocab_groups`), one product
+    each, and a group is skipped (``lax.cond``) at steps where none of its channels emits; the official loop computes
+    each active channel's head alone.
     ``tables``: :func:`patch_decoder_tables` computed once outside a decode loop (recomputed here if None).
     """
     b = local_hidden.shape[0]
@@ -590,8 +583,7 @@ def patch_decoder(
     tables = patch_decoder_tables(params, cfg=cfg, rows=b) if tables is None else tables
     emb_w = tables.embeddings  # [C, Vmax, Dl]
     c = emb_w.shape[0]
-    head_index = speech_head_index(cfg)  # [C, Vmax]
-    padding, _ = speech_vocab_masks(cfg)  # [C, Vmax]
+    groups = speech_vocab_groups(cfg)
     cache = init_cache(lcfg, b, steps, local_hidden.dtype)
     k_slot = jnp.broadcast_to(jnp.arange(steps, dtype=jnp.int32), (b, steps))  # [B, S]
 
@@ -603,14 +595,21 @@ def patch_decoder(
             tables.local, x[:, None, :], pos, mask, cfg=lcfg, cache=cache, write_pos=t,
             name="lm.patch_decoder.stack",
         )  # fmt: skip
-        flat = layers.linear(tables.heads, h[:, 0])  # one matmul for all heads: [B, Dl] -> [B, sum V_c]
-        logits = jnp.take(flat, head_index, axis=1)  # [B, sum V_c] -> [B, C, Vmax]
-        logits = jnp.where(padding[None], -jnp.inf, logits)
-        new = choose(logits, t, keys)  # [B, C, Vmax] -> [B, C]
         active, frame = channel_activity(t, cfg=cfg)  # [C], [C]
-        if is_collecting():  # dumps hold the official per-channel heads, unpadded, and only the emitted tokens
-            for ch, vocab in enumerate(cfg.speech_vocab_sizes):
-                tap(f"lm.patch_decoder.logits.c{ch}", logits[:, ch, :vocab])  # [B, C, Vmax] -> [B, V_c]
+        new = jnp.zeros((b, c), jnp.int32)  # [B, C]: each channel's token (ignored where it is silent)
+        for g, (channels, vocab) in enumerate(groups):
+            idx = np.asarray(channels)
+
+            def sample_group(g=g, channels=channels, vocab=vocab):  # the group's heads in one product, then sampled
+                logits = layers.linear(tables.group_heads[g], h[:, 0]).reshape(b, len(channels), vocab)  # [B, Cg, V]
+                return choose(logits, channels, t, keys)  # -> [B, Cg]
+
+            silent = jnp.zeros((b, len(channels)), jnp.int32)
+            new = new.at[:, idx].set(jax.lax.cond(jnp.any(active[idx]), sample_group, lambda silent=silent: silent))
+        if is_collecting():  # dumps hold every channel's head at every step, unpadded, and only the emitted tokens
+            for ch in range(c):
+                head = params["local_transformer_lm_heads"][ch]
+                tap(f"lm.patch_decoder.logits.c{ch}", layers.linear(upcast(head, x.dtype), h[:, 0]))  # [B, V_c]
             tap("lm.patch_decoder.tokens", jnp.where(active[None], new, -1))  # [B, C]; -1: channel inactive
         onehot = jax.nn.one_hot(frame, cfg.group_size, dtype=bool) & active[:, None]  # [C, G]
         tokens = jnp.where(onehot.T[None], new[:, None, :], tokens)  # write [B, C] at [B, frame_c, c]

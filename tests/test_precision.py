@@ -261,17 +261,30 @@ def test_decode_layout_computes_the_same_stack(rows):
 
 
 def test_patch_decoder_tables_hold_the_local_stack_in_decode_layout_only_when_it_is_held_in_the_compute_dtype():
-    """On CPU the float32 tiny model's local stack is read in the decode layout and its heads input-major; held in
-    bfloat16 (upcast or read in place per step), the stack is used as stored. Greedy tokens of the patch decoder
-    are the same either way (the golden cases check them against the official code)."""
+    """On CPU the float32 tiny model's local stack is read in the decode layout and its heads input-major where
+    they are wider than the local width (one row) or always (several rows); held in bfloat16 (upcast or read in
+    place per step), the stack is used as stored. Greedy tokens of the patch decoder are the same either way (the
+    golden cases check them against the official code)."""
     params, cfg = lm.load_lm(TINY_LM)[:2]
     tables = lm.patch_decoder_tables(params, cfg=cfg)
     on_cpu = jax.default_backend() == "cpu"
     assert ("qkv_proj" in tables.local["layers"][0]["self_attn"]) == on_cpu
-    assert ("weight_t" in tables.heads) == on_cpu
+    groups = lm.speech_vocab_groups(cfg)
+    assert len(tables.group_heads) == len(groups)
+    for (channels, vocab), heads in zip(groups, tables.group_heads, strict=True):
+        rows = len(channels) * vocab  # the group's heads side by side
+        assert ("weight_t" in heads) == (on_cpu and rows > cfg.local.hidden_size)
+        stored_heads = heads["weight_t"].T if "weight_t" in heads else heads["weight"]
+        np.testing.assert_array_equal(
+            stored_heads, np.concatenate([params["local_transformer_lm_heads"][ch]["weight"] for ch in channels])
+        )
+    assert all("weight_t" in h for h in lm.patch_decoder_tables(params, cfg=cfg, rows=2).group_heads) == on_cpu
     as_bf16 = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), params)
     assert lm.patch_decoder_tables(as_bf16, cfg=cfg).local is as_bf16["local_transformer"]
-    stored = tables._replace(local=params["local_transformer"])
+    stored = tables._replace(
+        local=params["local_transformer"],
+        group_heads=tuple({"weight": h["weight_t"].T} if "weight_t" in h else h for h in tables.group_heads),
+    )
     hidden = jnp.asarray(np.random.default_rng(4).standard_normal((2, cfg.local.hidden_size)), jnp.float32)
     choose = lm.channel_sampler(sampling.GREEDY, cfg=cfg)
     keys = jax.random.split(jax.random.key(0), 2)

@@ -200,21 +200,23 @@ def test_backbone_kv_cache_equals_full_forward(cfg, prefill, seed):
     helpers.assert_close(jnp.concatenate(parts, axis=1), full, 1e-5, "cached vs full hidden states")
 
 
-RECORDED_LOGITS: dict[int, np.ndarray] = {}
+RECORDED_LOGITS: dict[tuple[int, int], np.ndarray] = {}  # (step, channel) -> [B, V_c]
 
 
-def record_logits(step, logits) -> None:
-    RECORDED_LOGITS[int(step)] = np.asarray(logits)
+def record_logits(step, channels, logits) -> None:
+    for i, ch in enumerate(np.asarray(channels)):
+        RECORDED_LOGITS[int(step), int(ch)] = np.asarray(logits)[:, i]
 
 
 @functools.cache
 def recording_sampler(cfg) -> lm.ChannelSampler:
-    """``channel_sampler(SAMPLED)`` that also records each step's logits ``[B, C, Vmax]`` (host callback)."""
+    """``channel_sampler(SAMPLED)`` that also records, at each step, the logits ``[B, V_c]`` of every channel it is
+    asked to sample (host callback)."""
     sample = lm.channel_sampler(SAMPLED, cfg=cfg)
 
-    def choose(logits, step, keys):
-        jax.debug.callback(record_logits, step, logits)
-        return sample(logits, step, keys)
+    def choose(logits, channels, step, keys):
+        jax.debug.callback(record_logits, step, np.asarray(channels), logits)
+        return sample(logits, channels, step, keys)
 
     return choose
 
@@ -253,13 +255,17 @@ def test_patch_decoder_kv_cache_equals_full_forward(cfg, seed, key):
     tokens = np.asarray(patch_decoder(params, jnp.asarray(local_hidden), choose=recording_sampler(cfg), keys=keys,
                                       cfg=cfg))  # fmt: skip
     jax.effects_barrier()  # every host callback has run
-    assert sorted(RECORDED_LOGITS) == list(range(cfg.local_steps))
+    emits = {(t, c) for c, d in enumerate(cfg.delay_pattern) for t in range(d, d + cfg.group_size)}
+    sampled = {(t, c) for t in range(cfg.local_steps) for group, _ in lm.speech_vocab_groups(cfg) for c in group
+               if any((t, other) in emits for other in group)}  # fmt: skip
+    assert set(RECORDED_LOGITS) == sampled  # each vocabulary group is sampled at the steps one of its channels emits
     x = patch_decoder_inputs(params, cfg, local_hidden, tokens)
     full = np.asarray(helpers.local_stack_full(params, jnp.asarray(x), cfg=cfg), np.float64)  # [B, S, Dl]
-    for ch, size in enumerate(cfg.speech_vocab_sizes):
+    for ch, delay in enumerate(cfg.delay_pattern):
         head = np.asarray(params["local_transformer_lm_heads"][ch]["weight"], np.float64)  # [Vc, Dl]
-        expected = full @ head.T  # [B, S, Vc]
-        cached = np.stack([RECORDED_LOGITS[s][:, ch, :size] for s in range(cfg.local_steps)], axis=1)
+        steps = range(delay, delay + cfg.group_size)
+        expected = full[:, delay : delay + cfg.group_size] @ head.T  # [B, G, Vc] at the steps channel ch emits
+        cached = np.stack([RECORDED_LOGITS[s, ch] for s in steps], axis=1)
         helpers.assert_close(cached, expected, 1e-5, f"channel {ch} logits, cached vs full")
 
 
