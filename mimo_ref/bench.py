@@ -66,6 +66,9 @@ JSON_KEYS = {
     "repeats": "timed runs per measurement",
     "backend": "JAX backend (cpu, gpu, tpu)",
     "devices": "JAX devices",
+    "host_huge_pages": "the host's transparent huge page mode (always, madvise, never; unknown off Linux) and "
+    "glibc.malloc.hugetlb from GLIBC_TUNABLES: with madvise, =1 puts XLA's CPU buffers on 2 MB pages "
+    '(docs/performance.md, section "Huge pages")',
 } | bench_breakdown.JSON_KEYS
 
 
@@ -84,6 +87,23 @@ def throughput(s_per_group: float, batch: int) -> dict:
 def json_keys_help() -> str:
     """The JSON keys as an indented list for ``mimo-ref bench --help``."""
     return "JSON keys:\n" + "\n".join(f"  {key}: {text}" for key, text in JSON_KEYS.items())
+
+
+THP_MODE_FILE = Path("/sys/kernel/mm/transparent_hugepage/enabled")  # e.g. "always [madvise] never"
+
+
+def host_huge_pages(mode_file: Path = THP_MODE_FILE, environ=os.environ) -> str:
+    """Whether this process's large buffers can sit on 2 MB pages, as the ``host_huge_pages`` key states it: the
+    kernel's transparent huge page mode (the bracketed word of ``mode_file``; ``unknown`` where it is absent) and
+    ``glibc.malloc.hugetlb`` as ``GLIBC_TUNABLES`` sets it (glibc reads it at process start; ``unset`` if not)."""
+    try:
+        text = mode_file.read_text()
+        mode = text[text.index("[") + 1 : text.index("]")]
+    except (OSError, ValueError):
+        mode = "unknown"
+    tunables = dict(item.partition("=")[::2] for item in environ.get("GLIBC_TUNABLES", "").split(":") if item)
+    hugetlb = tunables.get("glibc.malloc.hugetlb")
+    return f"{mode}, glibc.malloc.hugetlb" + (f"={hugetlb}" if hugetlb is not None else " unset")
 
 
 def available_host_bytes() -> int | None:
@@ -281,6 +301,7 @@ def run_bench(
         "repeats": repeats,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "host_huge_pages": host_huge_pages(),
     } | (breakdown_keys(params, prefill_compiled, args_full, st, per_group, repeats, compiled) if breakdown else {})
 
 

@@ -342,6 +342,15 @@ def test_bench_rates_count_all_rows():
     assert bench.throughput(-0.001, 2)["groups_per_s"] is None  # noise, not a negative rate
 
 
+def test_bench_states_the_hosts_huge_page_setting(tmp_path):
+    mode_file = tmp_path / "enabled"
+    mode_file.write_text("always [madvise] never\n")  # the kernel's format: the active mode in brackets
+    tunables = {"GLIBC_TUNABLES": "glibc.malloc.check=0:glibc.malloc.hugetlb=1"}
+    assert bench.host_huge_pages(mode_file, tunables) == "madvise, glibc.malloc.hugetlb=1"
+    assert bench.host_huge_pages(mode_file, {}) == "madvise, glibc.malloc.hugetlb unset"
+    assert bench.host_huge_pages(tmp_path / "absent", {}) == "unknown, glibc.malloc.hugetlb unset"
+
+
 def test_bench_reports_stages_and_documents_every_key(capsys):
     # the same shapes as tests/test_cli.py::test_bench_prints_json, so a whole-suite run compiles them once
     assert cli.main(["bench", "--prompt-groups", "4", "--new-groups", "3", "--repeats", "1"]) == 0
